@@ -1,0 +1,183 @@
+"""Checkpoint reading and writing, shared by every script.
+
+Accepted files: ssd.pytorch state_dicts (``ssd300_mAP_77.43_v2.pth``), state_dicts saved from DataParallel/DDP
+(``module.`` prefix), and this project's training checkpoints (a dict with ``model``, ``optimizer``, ...,
+``class_names``, ``config``). Every load is ``torch.load(..., weights_only=True)``: a file that would need to run
+code to unpickle is refused.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import torch
+from torch import nn
+
+from utils.errors import UserError
+from utils.io import atomic_write
+
+CHECKPOINT_FORMAT = "ssd-ckpt-v1"
+
+
+def read_checkpoint(path: str) -> Any:
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors for bad files."""
+    if not os.path.exists(path):
+        raise UserError(f"model file not found: {path} — check the path (train one with train.py, or put the "
+                        "downloaded .pth there)")
+    if os.path.isdir(path):
+        raise UserError(f"model path is a folder, not a checkpoint file: {path}")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"model file is empty: {path} — the download or save was interrupted; get the file again")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+            raise UserError(f"refusing to load {path}: it contains Python objects that could run code when loaded "
+                            "(only tensors and plain data are accepted) — use a checkpoint from a source you trust, "
+                            "re-saved as a plain state_dict") from None
+        raise UserError(f"not a PyTorch checkpoint (or truncated): {path} — re-download or re-create it") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError) as exc:
+        raise UserError(f"cannot read checkpoint {path}: not a PyTorch checkpoint or truncated "
+                        f"({type(exc).__name__}) — re-download or re-create it") from None
+
+
+def split_checkpoint(obj: Any, path: str = "<checkpoint>") -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Return ``(state_dict, meta)``; ``meta`` may hold ``class_names`` and ``config`` (empty for bare files)."""
+    meta: Dict[str, Any] = {}
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        state = obj["model"]
+        meta = {k: obj[k] for k in ("class_names", "config", "iteration", "format") if k in obj}
+    elif isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        state = obj["state_dict"]
+    elif isinstance(obj, Mapping):
+        state = obj
+    else:
+        raise UserError(f"{path} is not a model checkpoint (it holds a {type(obj).__name__}, not a state_dict)")
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a model checkpoint: it holds no weight tensors")
+    state = strip_prefix(dict(state))
+    return state, meta
+
+
+def strip_prefix(state: Dict[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
+    """Remove the ``module.`` prefix that DataParallel / DDP put on every key."""
+    if all(k.startswith(prefix) for k in state):
+        return {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def infer_architecture(state: Mapping[str, torch.Tensor], path: str = "<checkpoint>") -> Dict[str, Any]:
+    """Read ``size``, ``num_classes``, ``width`` and ``batch_norm`` off the weights' shapes."""
+    if "conf.0.weight" not in state or "loc.0.weight" not in state or "vgg.0.weight" not in state:
+        raise UserError(f"{path} is not an SSD checkpoint (no vgg.0 / loc.0 / conf.0 weights)")
+    heads = len({k.split(".")[1] for k in state if k.startswith("loc.")})
+    size = {6: 300, 7: 512}.get(heads)
+    if size is None:
+        raise UserError(f"{path} has {heads} detection heads; SSD300 has 6 and SSD512 has 7")
+    anchors0 = state["loc.0.weight"].shape[0] // 4
+    num_classes = state["conf.0.weight"].shape[0] // anchors0
+    width = state["vgg.0.weight"].shape[0] / 64.0
+    batch_norm = any(k.startswith("vgg.") and k.endswith("running_mean") for k in state)
+    return {"size": size, "num_classes": num_classes, "width": width, "batch_norm": batch_norm,
+            "conf0_channels": int(state["conf.0.weight"].shape[0])}
+
+
+def check_finite(state: Mapping[str, torch.Tensor], path: str) -> None:
+    for k, v in state.items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise UserError(f"checkpoint {path} has NaN/inf values in {k} — the run that wrote it diverged; "
+                            "use an earlier checkpoint")
+
+
+def load_into(model: nn.Module, state: Mapping[str, torch.Tensor], path: str) -> None:
+    """Strict load with a one-line summary of missing/unexpected keys or shape mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+             if k in state and state[k].shape != v.shape]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing keys {missing[:4]}{' ...' if len(missing) > 4 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys {unexpected[:4]}{' ...' if len(unexpected) > 4 else ''}")
+        if wrong:
+            parts.append(f"shape mismatch {wrong[:3]}{' ...' if len(wrong) > 3 else ''}")
+        raise UserError(f"checkpoint {path} does not fit this model: {'; '.join(parts)}")
+    model.load_state_dict(state, strict=True)
+
+
+def load_model(path: str, phase: str = "test", num_classes: Optional[int] = None, size: Optional[int] = None,
+               **model_kwargs: Any) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Build the SSD that a checkpoint describes and load it. Returns ``(model on CPU, meta)``.
+
+    ``num_classes`` / ``size``, when given, must agree with the file (a clear error says what each has).
+    ``meta`` holds ``class_names`` (or None), ``config`` and the inferred architecture.
+    """
+    from data.config import get_config
+    from ssd import build_ssd
+
+    state, meta = split_checkpoint(read_checkpoint(path), path)
+    arch = infer_architecture(state, path)
+    config = dict(meta.get("config") or {})
+    if num_classes is not None and num_classes != arch["num_classes"]:
+        raise UserError(f"checkpoint {path} has {arch['num_classes']} classes (conf.0 has "
+                        f"{arch['conf0_channels']} channels), model was built for {num_classes} — pass the matching "
+                        "--dataset / --num_classes or a matching checkpoint")
+    if size is not None and size != arch["size"]:
+        raise UserError(f"checkpoint {path} is an SSD{arch['size']}, but --size {size} was asked for — use "
+                        f"--size {arch['size']}")
+    check_finite(state, path)
+    dataset = config.get("prior_config") or ("COCO" if arch["num_classes"] == 81 else "VOC")
+    model = build_ssd(phase, arch["size"], arch["num_classes"], cfg=get_config(dataset, arch["size"]),
+                      width=arch["width"], batch_norm=arch["batch_norm"], **model_kwargs)
+    load_into(model, state, path)
+    names = meta.get("class_names")
+    if names is not None and len(names) != arch["num_classes"] - 1:
+        raise UserError(f"checkpoint {path} lists {len(names)} class names for {arch['num_classes'] - 1} classes")
+    return model, {"class_names": list(names) if names is not None else None, "config": config,
+                   "arch": arch, "iteration": meta.get("iteration")}
+
+
+def load_state_dict_into(model: nn.Module, path: str) -> Dict[str, Any]:
+    """Load a checkpoint's weights into an existing model (strict). Returns the checkpoint's meta."""
+    state, meta = split_checkpoint(read_checkpoint(path), path)
+    check_finite(state, path)
+    load_into(model, state, path)
+    return meta
+
+
+def load_basenet(model: nn.Module, path: str) -> None:
+    """Load ``vgg16_reducedfc.pth`` (keys ``0.weight`` ... ``33.bias``) into ``model.vgg``."""
+    obj = read_checkpoint(path)
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise UserError(f"{path} is not a VGG base-network state_dict (expected keys 0.weight ... 33.bias)")
+    state = strip_prefix(dict(obj))
+    state = {k[len("vgg."):] if k.startswith("vgg.") else k: v for k, v in state.items()}
+    load_into(model.vgg, state, path)
+
+
+def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves a corrupt file."""
+    with atomic_write(path, suffix=".tmp") as tmp:
+        torch.save(obj, tmp)
+
+
+def model_config(model: nn.Module, prior_config: str) -> Dict[str, Any]:
+    """The architecture fields stored in a checkpoint's ``config`` (enough to rebuild the model)."""
+    return {"size": model.size, "num_classes": model.num_classes, "width": model.width,
+            "batch_norm": model.batch_norm, "prior_config": prior_config}
+
+
+def default_class_names(num_classes: int) -> List[str]:
+    """Names for files that carry none: VOC for 21 classes, COCO for 81, else class_1..class_N."""
+    if num_classes == 21:
+        from data.voc0712 import VOC_CLASSES
+        return list(VOC_CLASSES)
+    if num_classes == 81:
+        from data.coco import COCO_CLASSES
+        return list(COCO_CLASSES)
+    return [f"class_{i}" for i in range(1, num_classes)]

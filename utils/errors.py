@@ -1,0 +1,35 @@
+"""User-facing errors and the CLI wrapper that turns them into one clear line on stderr."""
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn, Optional, Sequence
+
+
+class UserError(Exception):
+    """An error caused by the user's input: printed as one line, no traceback.
+
+    ``code`` is the process exit status (2 for usage errors, 1 otherwise).
+    """
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    raise UserError(message, code)
+
+
+def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
+            argv: Optional[Sequence[str]] = None) -> NoReturn:
+    """Run a CLI ``main(argv)``; map UserError / KeyboardInterrupt to an exit status without traceback."""
+    try:
+        code = main(argv)
+    except UserError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        sys.exit(exc.code)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

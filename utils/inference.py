@@ -1,0 +1,119 @@
+"""The one inference path: RGB frames → preprocessed batch → network + Detect → detections in pixels.
+
+eval.py, object_detection.py, the benchmark and the ONNX backend all go through :class:`Predictor`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from utils.checkpoint import default_class_names, load_model
+from utils.device import autocast
+
+
+@dataclass
+class Detections:
+    """Detections of one image, in pixels of the original image.
+
+    boxes: ``[n, 4]`` float32 ``(xmin, ymin, xmax, ymax)``, 0-based continuous pixel coordinates.
+    scores: ``[n]`` float32. labels: ``[n]`` int64 model labels in 1..C-1 (name = ``class_names[label - 1]``).
+    """
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
+
+def detections_to_pixels(out: torch.Tensor, image_sizes: Sequence[Tuple[int, int]],
+                         score_threshold: float = 0.0) -> List[Detections]:
+    """``[B, C, K, 5]`` relative detections → one :class:`Detections` per image (one device→host copy)."""
+    scores = out[..., 0]
+    b, c, _ = (scores > score_threshold).nonzero(as_tuple=True)
+    rows = out[scores > score_threshold]                              # [M, 5], same order as (b, c)
+    sizes = torch.as_tensor(image_sizes, dtype=torch.float32, device=out.device).view(-1, 2)  # (h, w)
+    scale = sizes[:, [1, 0, 1, 0]]                                     # (w, h, w, h)
+    # clip to the image: Detect (like ssd.pytorch) leaves decoded boxes unclipped
+    boxes = torch.minimum(rows[:, 1:].clamp(min=0), torch.ones(1, device=out.device)) * scale[b]
+    b, c, s, boxes = (t.cpu() for t in (b, c, rows[:, 0], boxes))
+    counts = torch.bincount(b, minlength=out.shape[0]).tolist()
+    result = []
+    for bx, sc, lb in zip(boxes.split(counts), s.split(counts), c.split(counts)):
+        result.append(Detections(bx.numpy().astype(np.float32), sc.numpy().astype(np.float32),
+                                 lb.numpy().astype(np.int64)))
+    return result
+
+
+class Predictor:
+    """Batched detector around a test-phase SSD (or any callable with the same output).
+
+    Args:
+        model: callable ``x [B, 3, S, S] float → [B, C, top_k, 5]`` (an ``SSD`` in phase ``'test'``).
+        class_names: names without background.
+        device: where the network runs; inputs are moved there.
+        amp: bf16 autocast + channels_last on CPU, fp16/bf16 autocast on CUDA.
+        score_threshold: detections at or below this score are dropped when converting to pixels.
+    """
+
+    def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], class_names: Sequence[str], size: int,
+                 device: torch.device = torch.device("cpu"), amp: bool = False,
+                 score_threshold: float = 0.0, channels_last: Optional[bool] = None) -> None:
+        self.model = model
+        self.class_names = list(class_names)
+        self.size = size
+        self.device = device
+        self.amp = amp
+        self.score_threshold = score_threshold
+        self.channels_last = amp if channels_last is None else channels_last
+        if isinstance(model, torch.nn.Module):
+            model.eval().to(device)
+            if self.channels_last:
+                model.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: torch.device = torch.device("cpu"), amp: bool = False,
+                        num_classes: Optional[int] = None, size: Optional[int] = None, top_k: int = 200,
+                        conf_thresh: float = 0.01, nms_thresh: float = 0.45, class_names: Optional[Sequence[str]] = None,
+                        score_threshold: float = 0.0, channels_last: Optional[bool] = None) -> "Predictor":
+        """Load any accepted checkpoint (see utils.checkpoint) into a test-phase SSD."""
+        model, meta = load_model(path, "test", num_classes=num_classes, size=size, top_k=top_k,
+                                 conf_thresh=conf_thresh, nms_thresh=nms_thresh)
+        names = class_names or meta["class_names"] or default_class_names(model.num_classes)
+        if len(names) != model.num_classes - 1:
+            from utils.errors import UserError
+            raise UserError(f"{len(names)} class names given for a model with {model.num_classes - 1} classes "
+                            f"({path})")
+        return cls(model, names, model.size, device, amp, score_threshold, channels_last)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) + 1
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        """RGB uint8 ``HxWx3`` frames → ``[B, 3, S, S]`` float32 (the shared preprocessing)."""
+        from utils.augmentations import preprocess_batch
+        return preprocess_batch(list(images), self.size)
+
+    @torch.inference_mode()
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """Preprocessed batch → raw detections ``[B, C, top_k, 5]`` (relative coordinates) on ``self.device``."""
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            return self.model(x)
+
+    def predict_batch(self, x: torch.Tensor, image_sizes: Sequence[Tuple[int, int]]) -> List[Detections]:
+        """Preprocessed ``[B, 3, S, S]`` + original ``(h, w)`` per image → detections in pixels."""
+        return detections_to_pixels(self.run(x), image_sizes, self.score_threshold)
+
+    def predict(self, images: Sequence[np.ndarray]) -> List[Detections]:
+        """RGB uint8 frames (any sizes) → detections in pixels of each frame."""
+        if len(images) == 0:
+            return []
+        sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
+        return self.predict_batch(self.preprocess(images), sizes)
