@@ -55,7 +55,8 @@ class Predictor:
         model: callable ``x [B, 3, S, S] float → [B, C, top_k, 5]`` (an ``SSD`` in phase ``'test'``).
         class_names: names without background.
         device: where the network runs; inputs are moved there.
-        amp: bf16 autocast + channels_last on CPU, fp16/bf16 autocast on CUDA.
+        amp: bf16 autocast on CPU, fp16/bf16 autocast on CUDA.
+        channels_last: NHWC memory format for the network (default on).
         score_threshold: detections at or below this score are dropped when converting to pixels.
     """
 
@@ -68,7 +69,8 @@ class Predictor:
         self.device = device
         self.amp = amp
         self.score_threshold = score_threshold
-        self.channels_last = amp if channels_last is None else channels_last
+        # channels_last is faster for oneDNN (CPU) and cuDNN convolutions in fp32 and reduced precision alike
+        self.channels_last = True if channels_last is None else channels_last
         if isinstance(model, torch.nn.Module):
             model.eval().to(device)
             if self.channels_last:

@@ -1,0 +1,216 @@
+"""One-command speed benchmark: the machine's conv ceiling, our SSD300 vs torchvision, Detect share, training
+step, video pipeline and ONNX Runtime — all in one process on the same inputs.
+
+    python -m benchmarks.benchmark [--quick] [--json benchmarks/results/cpu.json] [--device auto]
+
+Every figure is the median of ``--reps`` timed runs after a warm-up. No timing asserts anywhere else.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from ssd import build_ssd  # noqa: E402
+from utils.device import amp_dtype, autocast, resolve_device  # noqa: E402
+from utils.errors import run_cli  # noqa: E402
+from utils.inference import Predictor  # noqa: E402
+
+SSD300_GFLOP = 62.75  # per 300x300 image (multiply-add = 2 FLOP)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timeit(fn: Callable[[], Any], device: torch.device, reps: int, warmup: int = 1) -> float:
+    """Median seconds of ``reps`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def conv_ceiling(device: torch.device, dtype: torch.dtype, reps: int, batch: int) -> Dict[str, float]:
+    """Best GFLOP/s over VGG-like 3x3 convolutions (the layers that dominate SSD's cost)."""
+    shapes = [(64, 64, 150), (128, 128, 75), (256, 256, 75), (512, 512, 38), (512, 512, 19)]
+    best = 0.0
+    per = {}
+    for cin, cout, hw in shapes:
+        conv = torch.nn.Conv2d(cin, cout, 3, padding=1).to(device).eval().to(memory_format=torch.channels_last)
+        x = torch.randn(batch, cin, hw, hw, device=device).contiguous(memory_format=torch.channels_last)
+        flop = 2.0 * batch * cout * cin * 9 * hw * hw
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            t = timeit(lambda: conv(x), device, reps)
+        per[f"{cin}x{cout}@{hw}"] = flop / t / 1e9
+        best = max(best, flop / t / 1e9)
+    return {"best_gflops": best, "per_shape": per}
+
+
+def make_frames(n: int, seed: int = 0) -> List[np.ndarray]:
+    """VOC-sized uint8 RGB frames (500x375) with some structure."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for _ in range(n):
+        base = rng.integers(0, 255, size=(375 // 25 + 1, 500 // 25 + 1, 3), dtype=np.uint8)
+        import cv2
+        frames.append(cv2.resize(base, (500, 375), interpolation=cv2.INTER_CUBIC))
+    return frames
+
+
+def bench_ours(device: torch.device, frames: List[np.ndarray], batch: int, amp: bool, reps: int,
+               weights: Optional[str]) -> Dict[str, float]:
+    if weights:
+        pred = Predictor.from_checkpoint(weights, device=device, amp=amp)
+    else:
+        torch.manual_seed(0)
+        model = build_ssd("test", 300, 21)
+        pred = Predictor(model, [f"c{i}" for i in range(20)], 300, device, amp)
+    net = pred.model
+    imgs = frames[:batch]
+    x = pred.preprocess(imgs).to(device)
+    if pred.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def forward():
+        with torch.inference_mode(), autocast(device, amp):
+            return net.forward_raw(x)
+
+    t_fwd = timeit(forward, device, reps)
+    with torch.inference_mode(), autocast(device, amp):
+        loc, conf = net.forward_raw(x)
+        probs = torch.softmax(conf.float(), -1)
+    t_det = timeit(lambda: net.detect(loc, probs, net.priors), device, reps)
+    t_e2e = timeit(lambda: pred.predict(imgs), device, reps)
+    return {"forward_img_s": batch / t_fwd, "e2e_img_s": batch / t_e2e, "detect_ms": t_det * 1e3,
+            "detect_share_of_forward": t_det / t_fwd, "forward_gflops": SSD300_GFLOP * batch / t_fwd}
+
+
+def bench_torchvision(device: torch.device, frames: List[np.ndarray], batch: int, reps: int) -> Dict[str, float]:
+    from torchvision.models.detection import ssd300_vgg16
+    torch.manual_seed(0)
+    model = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21).to(device).eval()
+    imgs = frames[:batch]
+
+    def run():
+        with torch.inference_mode():
+            tensors = [torch.from_numpy(f).to(device).permute(2, 0, 1).float().div_(255) for f in imgs]
+            out = model(tensors)
+            return [{k: v.cpu() for k, v in o.items()} for o in out]
+
+    t = timeit(run, device, reps)
+    return {"e2e_img_s": batch / t}
+
+
+def optional_section(name: str, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
+    try:
+        return fn()
+    except ImportError as exc:
+        return {"skipped": f"{name}: {exc}"}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
+    parser.add_argument("--reps", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="fewer repetitions (3) and no training/video/ONNX")
+    parser.add_argument("--weights", default=None, help="checkpoint for our model (default: random SSD300)")
+    parser.add_argument("--sections", default="conv,ours,torchvision,train,video,onnx")
+    parser.add_argument("--json", default=None, help="write all numbers here")
+    args = parser.parse_args(argv)
+    device = resolve_device(args.device)
+    reps = 3 if args.quick else args.reps
+    batches = [int(b) for b in args.batches.split(",")]
+    sections = set(args.sections.split(","))
+    if args.quick:
+        sections -= {"train", "video", "onnx"}
+    frames = make_frames(max(batches))
+    fast_dtype = amp_dtype(device)
+    result: Dict[str, Any] = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads":
+                    torch.get_num_threads(), "device": str(device),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                    "torch": torch.__version__, "amp_dtype": str(fast_dtype)},
+        "reps": reps,
+    }
+    print(f"device {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | median of {reps}")
+    if "conv" in sections:
+        result["conv_ceiling_fp32"] = conv_ceiling(device, torch.float32, reps, max(batches))
+        result["conv_ceiling_fast"] = conv_ceiling(device, fast_dtype, reps, max(batches))
+        print(f"conv ceiling: fp32 {result['conv_ceiling_fp32']['best_gflops']:.0f} GFLOP/s, "
+              f"{fast_dtype} {result['conv_ceiling_fast']['best_gflops']:.0f} GFLOP/s")
+    rows = []
+    for b in batches:
+        tv = bench_torchvision(device, frames, b, reps) if "torchvision" in sections else None
+        if tv:
+            result[f"torchvision_fp32_b{b}"] = tv
+        for amp in (False, True):
+            if "ours" not in sections:
+                continue
+            r = bench_ours(device, frames, b, amp, reps, args.weights)
+            key = f"ours_{'fast' if amp else 'fp32'}_b{b}"
+            if tv:
+                r["e2e_vs_torchvision_fp32"] = r["e2e_img_s"] / tv["e2e_img_s"]
+            ceiling = result.get("conv_ceiling_fast" if amp else "conv_ceiling_fp32", {}).get("best_gflops")
+            if ceiling:
+                r["forward_fraction_of_conv_ceiling"] = r["forward_gflops"] / ceiling
+                r["e2e_fraction_of_conv_ceiling"] = r["e2e_img_s"] * SSD300_GFLOP / ceiling
+            result[key] = r
+            rows.append((key, r))
+    print(f"\n{'config':<18}{'fwd img/s':>10}{'e2e img/s':>10}{'GFLOP/s':>9}{'vs tv':>7}{'ceil':>6}"
+          f"{'Detect ms':>10}{'Det/fwd':>8}")
+    for b in batches:
+        if f"torchvision_fp32_b{b}" in result:
+            print(f"{'torchvision b' + str(b):<18}{'':>10}{result[f'torchvision_fp32_b{b}']['e2e_img_s']:>10.2f}")
+    for key, r in rows:
+        print(f"{key:<18}{r['forward_img_s']:>10.2f}{r['e2e_img_s']:>10.2f}{r['forward_gflops']:>9.0f}"
+              f"{r.get('e2e_vs_torchvision_fp32', float('nan')):>7.2f}"
+              f"{r.get('e2e_fraction_of_conv_ceiling', float('nan')):>6.2f}"
+              f"{r['detect_ms']:>10.1f}{100 * r['detect_share_of_forward']:>7.1f}%")
+    if "train" in sections:
+        def train_section():
+            from benchmarks.bench_train import run_benchmark as run_train
+            return run_train(device=device, batch=8, reps=max(2, reps // 2))
+        result["train"] = optional_section("train", train_section)
+        print("train:", json.dumps(result["train"], indent=None, default=str))
+    if "video" in sections:
+        def video_section():
+            from benchmarks.bench_video import run_benchmark as run_video
+            return run_video(device=device, batch=8)
+        result["video"] = optional_section("video", video_section)
+        print("video:", json.dumps(result["video"], indent=None, default=str))
+    if "onnx" in sections:
+        def onnx_section():
+            from benchmarks.bench_export import run_benchmark as run_onnx
+            return run_onnx(batches=batches, reps=reps)
+        result["onnx"] = optional_section("onnx", onnx_section)
+        print("onnx:", json.dumps(result["onnx"], indent=None, default=str))
+    if args.json:
+        from utils.io import atomic_write
+        with atomic_write(args.json) as tmp:
+            with open(tmp, "w") as fh:
+                json.dump(result, fh, indent=2, default=str)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Command 1: set up, then run the whole job on the embedded synthetic default:
+#   synthetic data + video -> train (CPU demo preset, or GPU if present) -> VOC07 mAP -> annotated video.
+# Every step is the real CLI with visible flags. Outputs go to quickstart_out/ (override with OUT=...).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup_env.sh
+PY=.venv/bin/python
+OUT=${OUT:-quickstart_out}
+NUM=${NUM:-4000}            # synthetic images (80% train / 5% val / 15% test)
+ITERS=${ITERS:-1500}        # training iterations of the cpu-demo preset (batch 32)
+mkdir -p "$OUT"
+start=$(date +%s)
+run() { echo; echo "\$ $*"; "$@"; }
+
+run $PY -m data.synthetic --out "$OUT/data" --num "$NUM" --seed 0 \
+    --video "$OUT/synthetic.mp4" --frames 240 --fps 24 --width 480 --height 360 --audio
+
+run $PY train.py --dataset custom --dataset_root "$OUT/data" --preset cpu-demo --basenet none \
+    --max_iter "$ITERS" --save_folder "$OUT/weights" --num_workers 1 --seed 0 --log_every 50
+CKPT="$OUT/weights/ssd300_custom_final.pth"
+
+run $PY eval.py --dataset custom --dataset_root "$OUT/data" --set test --trained_model "$CKPT" \
+    --save_folder "$OUT/eval" --json "$OUT/eval.json" --batch_size 16
+
+run $PY object_detection.py "$CKPT" "$OUT/synthetic.mp4" -o "$OUT/annotated.mp4" \
+    --json "$OUT/detections.json" --threshold 0.5
+
+# one frame of the annotated video as a PNG (for README / a quick look)
+$PY - "$OUT/annotated.mp4" "$OUT/annotated_frame.png" <<'PYEOF'
+import sys, imageio.v2 as imageio
+reader = imageio.get_reader(sys.argv[1])
+frame = None
+for i, f in enumerate(reader):
+    frame = f
+    if i == 60:
+        break
+imageio.imwrite(sys.argv[2], frame)
+PYEOF
+
+mAP=$($PY -c "import json,sys; print(f\"{json.load(open('$OUT/eval.json'))['mAP']:.4f}\")")
+elapsed=$(( $(date +%s) - start ))
+echo
+echo "== quickstart done in ${elapsed}s"
+echo "checkpoint:      $CKPT"
+echo "VOC07 mAP (test): $mAP   (details: $OUT/eval.json)"
+echo "annotated video: $OUT/annotated.mp4   (detections: $OUT/detections.json)"
+echo "a frame of it:   $OUT/annotated_frame.png"
