@@ -21,13 +21,21 @@ def fail(message: str, code: int = 1) -> NoReturn:
     raise UserError(message, code)
 
 
+def _one_line(message: str) -> str:
+    """A UserError re-raised by a DataLoader worker carries the worker's traceback in its message: keep the
+    original message (the text after the last 'UserError: ')."""
+    if "Traceback" in message and "UserError: " in message:
+        message = message.rsplit("UserError: ", 1)[1]
+    return " ".join(message.strip().splitlines())
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
             argv: Optional[Sequence[str]] = None) -> NoReturn:
     """Run a CLI ``main(argv)``; map UserError / KeyboardInterrupt to an exit status without traceback."""
     try:
         code = main(argv)
     except UserError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        print(f"error: {_one_line(exc.message)}", file=sys.stderr)
         sys.exit(exc.code)
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
