@@ -1,0 +1,220 @@
+"""Evaluate an SSD: VOC mAP exactly as the official devkit computes it, COCO AP through pycocotools.
+
+    # VOC2007 test (the paper's number), 11-point metric
+    python eval.py --trained_model weights/ssd300_mAP_77.43_v2.pth --voc_root ~/data/VOCdevkit/
+    # a custom dataset, with COCO AP as well
+    python eval.py --trained_model runs/x/ssd300_final.pth --dataset custom --dataset_root data/mine --coco
+    # score results files you already have (no model)
+    python eval.py --results_dir eval/ --voc_root ~/data/VOCdevkit/
+
+The model runs batched through the shared inference path (utils.inference.Predictor). Detections are
+written as the devkit's ``comp4_det_<set>_<class>.txt`` files into ``--save_folder`` and scored from those
+files, so the printed AP is what the devkit and ``--results_dir`` give on them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from utils.errors import UserError, run_cli
+
+DEFAULT_MODEL = "weights/ssd300_mAP_77.43_v2.pth"
+DEFAULT_ROOTS = {"voc": "~/data/VOCdevkit", "coco": "~/data/coco"}
+DEFAULT_SETS = {"voc": "test", "custom": "test", "coco": "minival2014"}
+
+
+def str2bool(v: Any) -> bool:
+    """ssd.pytorch's ``--cuda`` / ``--cleanup`` values: yes/no, true/false, t/f, y/n, 1/0."""
+    if isinstance(v, bool):
+        return v
+    s = str(v).strip().lower()
+    if s in ("yes", "true", "t", "y", "1"):
+        return True
+    if s in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
+
+
+def _dataset_name(s: str) -> str:
+    """Case-insensitive --dataset: voc -> VOC, coco -> COCO, Custom -> custom."""
+    return {"voc": "VOC", "coco": "COCO", "custom": "custom"}.get(s.strip().lower(), s)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr with exit status 2 (through run_cli)."""
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        raise UserError(f"{message} (see python eval.py --help)", code=2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(description="Evaluate an SSD on VOC / COCO / a custom dataset, or score saved results files.",
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--trained_model", default=DEFAULT_MODEL,
+                   help="checkpoint: an ssd.pytorch .pth or one of this repo's training checkpoints")
+    p.add_argument("--save_folder", default="eval/", help="where the results files are written")
+    p.add_argument("--confidence_threshold", type=float, default=0.01,
+                   help="per-class score threshold before NMS")
+    p.add_argument("--top_k", type=int, default=200, help="detections kept per class and image after NMS")
+    p.add_argument("--cuda", type=str2bool, default=None,
+                   help="legacy: false forces the CPU when --device is auto")
+    p.add_argument("--voc_root", default=None, help="VOCdevkit folder (legacy name of --dataset_root for VOC)")
+    p.add_argument("--cleanup", type=str2bool, nargs="?", const=True, default=False,
+                   help="delete the results files after scoring")
+    p.add_argument("--dataset", default="VOC", type=_dataset_name,
+                   choices=("VOC", "COCO", "custom"), help="dataset kind")
+    p.add_argument("--dataset_root", default=None,
+                   help="dataset folder (default ~/data/VOCdevkit for VOC, ~/data/coco for COCO)")
+    p.add_argument("--year", default="2007", help="VOC year")
+    p.add_argument("--set", dest="set_name", default=None,
+                   help="image set: VOC/custom split name (default test), COCO instances_<set>.json (default "
+                        "minival2014)")
+    p.add_argument("--size", type=int, choices=(300, 512), default=None,
+                   help="input size (default: the checkpoint's)")
+    p.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
+    p.add_argument("--num_workers", type=int, default=2, help="image loading processes")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--amp", action="store_true", help="mixed precision inference")
+    p.add_argument("--metric", choices=("voc07", "area"), default="voc07",
+                   help="VOC AP: voc07 = 11-point (VOC2007 test), area = area under the PR curve (VOC2010+)")
+    p.add_argument("--results_dir", default=None,
+                   help="score the comp4_det_<set>_<class>.txt files in DIR (no model is run)")
+    p.add_argument("--coco", action="store_true",
+                   help="custom datasets: also report COCO AP (needs annotations/instances_<set>.json)")
+    p.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write a JSON summary")
+    p.add_argument("--plot", default=None, metavar="DIR",
+                   help="write per-class precision-recall curves as PNG (needs matplotlib)")
+    p.add_argument("--max_images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    return p
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Cheap checks of flag values, before anything is loaded."""
+    if args.batch_size < 1:
+        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}", code=2)
+    if args.num_workers < 0:
+        raise UserError(f"--num_workers must be 0 or more, got {args.num_workers}", code=2)
+    if args.top_k < 1:
+        raise UserError(f"--top_k must be at least 1, got {args.top_k}", code=2)
+    if not 0.0 <= args.confidence_threshold < 1.0:
+        raise UserError(f"--confidence_threshold must be in [0, 1), got {args.confidence_threshold}", code=2)
+    if args.max_images is not None and args.max_images < 1:
+        raise UserError(f"--max_images must be at least 1, got {args.max_images}", code=2)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise UserError("--plot needs matplotlib — pip install matplotlib (or drop --plot)", code=2) from None
+        if args.dataset == "COCO":
+            raise UserError("--plot draws VOC precision-recall curves; it is not available for --dataset COCO",
+                            code=2)
+
+
+def dataset_root(args: argparse.Namespace) -> str:
+    key = args.dataset.lower()
+    root = args.dataset_root or (args.voc_root if key == "voc" else None) or DEFAULT_ROOTS.get(key)
+    if root is None:
+        raise UserError("--dataset custom needs --dataset_root (the folder holding labels.txt, Annotations/, "
+                        "JPEGImages/ and ImageSets/Main/)", code=2)
+    return os.path.expanduser(root)
+
+
+def _check_output_folder(folder: str) -> None:
+    """UserError unless ``folder`` is (or can be created as) a writable folder; creates nothing."""
+    probe = os.path.abspath(folder)
+    while not os.path.exists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise UserError(f"cannot create --save_folder {folder}: {probe} is a file — choose another folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"--save_folder is not writable: {folder} — choose another folder or fix its permissions")
+
+
+def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, Any]:
+    """Detect on the dataset with the checkpoint and score (results files in --save_folder)."""
+    from data import build_dataset
+    from data.common import check_dir
+    from utils.device import resolve_device
+    from utils.evaluation import coco_json_path, evaluate_model
+    from utils.inference import Predictor
+
+    device = resolve_device(args.device, args.cuda)
+    check_dir(root, "dataset root", "pass --dataset_root (or --voc_root) pointing at the dataset")
+    _check_output_folder(args.save_folder)
+    predictor = Predictor.from_checkpoint(args.trained_model, device, amp=args.amp, size=args.size,
+                                          top_k=args.top_k, conf_thresh=args.confidence_threshold)
+    # keep_difficult: the devkit scores difficult objects as "ignore", so they must be loaded
+    dataset = build_dataset(args.dataset, root, set_name, transform=None, keep_difficult=True, year=args.year)
+    coco_gt = None
+    if args.coco and args.dataset != "COCO":
+        from utils.coco_eval import load_coco_gt
+        coco_gt = load_coco_gt(coco_json_path(root, set_name))
+    print(f"evaluating {args.trained_model} on {args.dataset} {set_name} ({len(dataset)} images, "
+          f"SSD{predictor.size}, {device}, batch {args.batch_size})", file=sys.stderr)
+    return evaluate_model(predictor, dataset, args.batch_size, args.num_workers, args.metric, set_name=set_name,
+                          save_folder=args.save_folder, coco=args.coco, coco_gt=coco_gt, progress=args.progress,
+                          max_images=args.max_images)
+
+
+def report(result: Dict[str, Any]) -> str:
+    from utils.voc_eval import format_ap_table
+
+    lines = [format_ap_table(result)]
+    coco = result.get("coco")
+    if coco:
+        lines.append("COCO (pycocotools): " + "  ".join(f"{k} {coco[k]:.4f}" for k in
+                                                       ("AP", "AP50", "AP75", "APs", "APm", "APl")))
+    if result.get("images_per_second"):
+        lines.append(f"{result['num_images']} images in {result['seconds']:.1f} s: "
+                     f"{result['images_per_second']:.1f} images/s (loading, network and NMS included)")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    check_args(args)
+    from utils.evaluation import json_summary, plot_pr_curves, score_results
+
+    root = dataset_root(args)
+    set_name = args.set_name or DEFAULT_SETS[args.dataset.lower()]
+    if args.results_dir:
+        result = score_results(args.results_dir, args.dataset, root, set_name, args.year, args.metric, args.coco)
+    else:
+        result = run_model(args, root, set_name)
+    print(report(result))
+    if args.plot:
+        paths = plot_pr_curves(result, args.plot)
+        print(f"wrote {len(paths)} precision-recall curves to {args.plot}", file=sys.stderr)
+    written: List[str] = result.get("results_files", [])
+    if args.cleanup and written:
+        for path in written:  # only what this run wrote; --results_dir inputs are never deleted
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+        result["results_files"] = []
+    elif written:
+        print(f"results files: {os.path.dirname(written[0]) or '.'}", file=sys.stderr)
+    if args.json_path:
+        from utils.io import atomic_write
+        summary = json_summary(result, dataset=args.dataset, set=set_name,
+                               model=None if args.results_dir else args.trained_model,
+                               results_dir=args.results_dir)
+        try:
+            with atomic_write(args.json_path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(summary, fh, indent=2)
+        except OSError as exc:
+            raise UserError(f"cannot write --json {args.json_path}: {exc.strerror or exc} — choose another path") \
+                from None
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
