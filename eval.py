@@ -78,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, default=2, help="image loading processes")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--amp", action="store_true", help="mixed precision inference")
+    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                   help="model runtime; auto picks ONNX Runtime for .onnx files (see utils/export.py)")
     p.add_argument("--metric", choices=("voc07", "area"), default="voc07",
                    help="VOC AP: voc07 = 11-point (VOC2007 test), area = area under the PR curve (VOC2010+)")
     p.add_argument("--results_dir", default=None,
@@ -148,8 +150,8 @@ def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, A
     device = resolve_device(args.device, args.cuda)
     check_dir(root, "dataset root", "pass --dataset_root (or --voc_root) pointing at the dataset")
     _check_output_folder(args.save_folder)
-    predictor = Predictor.from_checkpoint(args.trained_model, device, amp=args.amp, size=args.size,
-                                          top_k=args.top_k, conf_thresh=args.confidence_threshold)
+    predictor = Predictor.load(args.trained_model, args.backend, device=device, amp=args.amp, size=args.size,
+                               top_k=args.top_k, conf_thresh=args.confidence_threshold)
     # keep_difficult: the devkit scores difficult objects as "ignore", so they must be loaded
     dataset = build_dataset(args.dataset, root, set_name, transform=None, keep_difficult=True, year=args.year)
     coco_gt = None

@@ -415,26 +415,12 @@ def load_predictor(args: argparse.Namespace) -> Any:
     if names is not None and num_classes != len(names) + 1:
         raise UserError(f"--num_classes {num_classes} counts background, so it needs {num_classes - 1} class names; "
                         f"{len(names)} were given", code=2)
-    onnx = model.lower().endswith(".onnx")
-    backend = args.backend if args.backend != "auto" else ("onnxruntime" if onnx else "torch")
     # the predictor drops what is below the drawing threshold early: NMS ranks by score, so this
     # changes nothing at or above it, and saves work
-    common = dict(top_k=args.top_k, conf_thresh=args.threshold, class_names=names)
-    if backend == "onnxruntime":
-        if not onnx:
-            raise UserError(f"--backend onnxruntime needs an .onnx model, got {model} — export one with "
-                            "utils/export.py or use --backend torch", code=2)
-        from_onnx = getattr(inference.Predictor, "from_onnx", None)
-        if from_onnx is None:
-            raise UserError("this version can't run .onnx models yet — pass a .pth checkpoint", code=2)
-        loader, kwargs = from_onnx, dict(device=device, **common)
-    else:
-        if onnx:
-            raise UserError(f"{model} is an ONNX model; use --backend onnxruntime (or auto)", code=2)
-        loader, kwargs = inference.Predictor.from_checkpoint, dict(device=device, amp=args.amp,
-                                                                   num_classes=num_classes, size=args.size, **common)
+    kwargs = dict(device=device, amp=args.amp, num_classes=num_classes, size=args.size, top_k=args.top_k,
+                  conf_thresh=args.threshold, class_names=names)
     try:
-        return loader(model, **kwargs)
+        return inference.Predictor.load(model, args.backend, **kwargs)
     except UserError:
         raise
     except (RuntimeError, ValueError, OSError, KeyError, EOFError) as exc:  # anything the loader didn't word

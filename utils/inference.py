@@ -91,6 +91,35 @@ class Predictor:
                             f"({path})")
         return cls(model, names, model.size, device, amp, score_threshold, channels_last)
 
+    @classmethod
+    def from_onnx(cls, path: str, **kwargs: Any) -> "Predictor":
+        """An exported ``.onnx`` model on ONNX Runtime (see utils.onnx_backend.predictor_from_onnx)."""
+        from utils.onnx_backend import predictor_from_onnx
+        return predictor_from_onnx(path, predictor_cls=cls, **kwargs)
+
+    @classmethod
+    def load(cls, path: str, backend: str = "auto", **kwargs: Any) -> "Predictor":
+        """Open a model file for the CLIs: ``.onnx`` → ONNX Runtime, anything else → a PyTorch checkpoint.
+
+        ``backend`` is ``auto`` (by extension), ``torch`` or ``onnxruntime``; ``kwargs`` go to
+        :meth:`from_checkpoint` / :meth:`from_onnx` (``amp``, ``num_classes`` and ``size`` only apply to PyTorch).
+        """
+        from utils.errors import UserError
+        is_onnx = path.lower().endswith(".onnx")
+        backend = backend if backend != "auto" else ("onnxruntime" if is_onnx else "torch")
+        if backend == "onnxruntime":
+            if not is_onnx:
+                raise UserError(f"--backend onnxruntime needs an .onnx model, got {path} — export one with "
+                                "python -m utils.export or use --backend torch", code=2)
+            for key in ("amp", "channels_last"):
+                kwargs.pop(key, None)
+            return cls.from_onnx(path, **kwargs)
+        if backend != "torch":
+            raise UserError(f"--backend {backend!r} is not known; use auto, torch or onnxruntime", code=2)
+        if is_onnx:
+            raise UserError(f"{path} is an ONNX model; use --backend onnxruntime (or auto)", code=2)
+        return cls.from_checkpoint(path, **kwargs)
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names) + 1

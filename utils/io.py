@@ -19,6 +19,10 @@ def atomic_write(path: str, suffix: str = "") -> Iterator[str]:
     base = os.path.basename(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=(suffix or ".tmp"), dir=folder)
     os.close(fd)
+    # mkstemp creates 0600; give the output the permissions a normal open() would (0666 minus umask)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
     try:
         yield tmp
         # flush file contents to disk before the rename so a crash can't leave an empty file in place

@@ -1,0 +1,275 @@
+"""ONNX / TorchScript export: parity with PyTorch, NMS in the graph, ONNX Runtime behind the Predictor."""
+from __future__ import annotations
+
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from ssd import build_ssd
+from utils.checkpoint import model_config, save_checkpoint
+from utils.errors import UserError
+from utils.export import export_onnx, export_torchscript, main as export_main
+from utils.inference import Predictor
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+NAMES = ["cat", "dog", "car", "bus", "boat"]
+
+
+def tiny_model(**kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_ssd("test", 300, len(NAMES) + 1, width=0.125, **kwargs).eval()
+
+
+def image_batch(n: int, seed: int = 0) -> torch.Tensor:
+    """Preprocessed-image-like input: pixel values minus the means, [n, 3, 300, 300]."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(n, 3, 300, 300, generator=gen) * 255 - 120
+
+
+def assert_same_detections(got: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> None:
+    """Equal ``[B, C, top_k, 5]`` detections, ties aside: the score sequence of every class is the same, and the
+    rows of each class are the same set (boxes with exactly equal scores may come in another order)."""
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got[..., 0], expected[..., 0], atol=atol, rtol=0)
+    for b, c in zip(*torch.nonzero(expected[..., 0].sum(-1) > 0, as_tuple=True)):
+        e, g = expected[b, c], got[b, c]
+        e, g = e[e[:, 0] > 0], g[g[:, 0] > 0]
+        close = (e[:, None, :] - g[None, :, :]).abs().amax(-1) <= atol     # [n, n]
+        assert close.any(1).all() and close.any(0).all(), f"image {b}, class {c}: different boxes"
+
+
+def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return float((got - expected).abs().max() / expected.abs().max())
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def exported(model, tmp_path_factory):
+    """The tiny model exported four ways (dynamic batch; traced/exported with a batch of 1)."""
+    folder = tmp_path_factory.mktemp("export")
+    paths = {}
+    for with_nms in (False, True):
+        key = "nms" if with_nms else "raw"
+        paths[f"onnx_{key}"] = str(folder / f"{key}.onnx")
+        paths[f"ts_{key}"] = str(folder / f"{key}.pt")
+        export_onnx(model, paths[f"onnx_{key}"], NAMES, with_nms=with_nms)
+        export_torchscript(model, paths[f"ts_{key}"], NAMES, with_nms=with_nms)
+    return paths
+
+
+def run_ort(path: str, x: torch.Tensor):
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    return [torch.from_numpy(o) for o in session.run(None, {"images": x.numpy()})]
+
+
+def test_onnx_raw_outputs_match_pytorch_at_a_batch_size_other_than_exported(model, exported):
+    x = image_batch(2)
+    loc, scores, priors = run_ort(exported["onnx_raw"], x)
+    with torch.no_grad():
+        ref_loc, ref_conf = model.forward_raw(x)
+    assert loc.shape == (2, model.priors.shape[0], 4) and scores.shape == (2, model.priors.shape[0], 6)
+    assert relative_error(loc, ref_loc) < 1e-4
+    assert relative_error(scores, torch.softmax(ref_conf, -1)) < 1e-4
+    torch.testing.assert_close(priors, model.priors)
+
+
+def test_onnx_files_declare_a_dynamic_batch_and_carry_class_names(exported):
+    proto = onnx.load(exported["onnx_nms"])
+    assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    props = {p.key: p.value for p in proto.metadata_props}
+    assert props["size"] == "300" and props["with_nms"] == "1"
+    from utils.onnx_backend import OnnxRunner
+    runner = OnnxRunner(exported["onnx_nms"])
+    assert runner.class_names == NAMES and runner.size == 300 and runner.with_nms
+
+
+def test_onnx_with_nms_graph_uses_onnx_nonmaxsuppression(exported):
+    ops = {node.op_type for node in onnx.load(exported["onnx_nms"]).graph.node}
+    assert "NonMaxSuppression" in ops
+    assert not ({"Loop", "If"} & ops)
+
+
+def test_onnx_with_nms_equals_pytorch_detect(model, exported):
+    x = image_batch(2, seed=1)
+    (detections,) = run_ort(exported["onnx_nms"], x)
+    with torch.no_grad():
+        expected = model(x)
+    assert (expected[..., 0] > 0).sum() > 100  # the comparison is about real detections
+    assert_same_detections(detections, expected)
+
+
+def test_onnx_with_nms_returns_zeros_when_no_score_passes_the_threshold(tmp_path):
+    model = tiny_model(conf_thresh=0.999)
+    path = str(tmp_path / "strict.onnx")
+    export_onnx(model, path, NAMES, with_nms=True)
+    x = image_batch(2)
+    (detections,) = run_ort(path, x)
+    with torch.no_grad():
+        expected = model(x)
+    assert expected.abs().sum() == 0
+    assert detections.shape == expected.shape and detections.abs().sum() == 0
+
+
+def test_torchscript_exports_match_pytorch_after_plain_jit_load(model, exported):
+    x = image_batch(2, seed=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
+        raw = torch.jit.load(exported["ts_raw"])
+        with_nms = torch.jit.load(exported["ts_nms"])
+    with torch.no_grad():
+        loc, scores, priors = raw(x)
+        detections = with_nms(x)
+        ref_loc, ref_conf = model.forward_raw(x)
+        expected = model(x)
+    assert relative_error(loc, ref_loc) < 1e-4
+    assert relative_error(scores, torch.softmax(ref_conf, -1)) < 1e-4
+    torch.testing.assert_close(priors, model.priors)
+    assert (expected[..., 0] > 0).sum() > 100
+    assert_same_detections(detections, expected)
+
+
+def test_runner_on_raw_onnx_applies_detect_like_pytorch(model, exported):
+    from utils.onnx_backend import load_exported
+    x = image_batch(2, seed=3)
+    with torch.no_grad():
+        expected = model(x)
+    for key in ("onnx_raw", "ts_raw", "ts_nms"):
+        assert_same_detections(load_exported(exported[key])(x), expected)
+
+
+def test_nms_file_with_stricter_threshold_and_smaller_top_k_equals_detect_with_them(model, exported):
+    from layers.detection import Detect
+    from utils.onnx_backend import OnnxRunner
+    x = image_batch(2, seed=6)
+    with torch.no_grad():
+        loc, conf = model.forward_raw(x)
+        expected = Detect(6, 0, top_k=20, conf_thresh=0.3, nms_thresh=0.45)(loc, torch.softmax(conf, -1),
+                                                                          model.priors)
+    assert (expected[..., 0] > 0).sum() > 10
+    assert_same_detections(OnnxRunner(exported["onnx_nms"], top_k=20, conf_thresh=0.3)(x), expected)
+
+
+def test_static_batch_export_runs_other_batch_sizes_in_chunks(model, tmp_path):
+    from utils.onnx_backend import OnnxRunner
+    path = str(tmp_path / "b2.onnx")
+    export_onnx(model, path, NAMES, with_nms=True, batch=2)
+    runner = OnnxRunner(path)
+    assert runner.session.get_inputs()[0].shape == [2, 3, 300, 300]
+    x = image_batch(3, seed=4)
+    with torch.no_grad():
+        expected = model(x)
+    assert_same_detections(runner(x), expected)
+
+
+def test_onnx_through_predictor_gives_the_checkpoints_detections(model, tmp_path, capsys):
+    ckpt = str(tmp_path / "tiny.pth")
+    save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model, "VOC"),
+                     "format": "ssd-ckpt-v1"}, ckpt)
+    path = str(tmp_path / "tiny.onnx")
+    assert export_main([ckpt, "--format", "onnx", "-o", path, "--with-nms"]) == 0
+    assert "check: max relative difference" in capsys.readouterr().out
+
+    # the keyword arguments eval.py / object_detection.py give Predictor.from_checkpoint are accepted as well
+    onnx_predictor = Predictor.from_onnx(path, device=torch.device("cpu"), amp=False, size=300, top_k=200,
+                                         conf_thresh=0.01)
+    with pytest.raises(UserError, match="SSD300 export"):
+        Predictor.from_onnx(path, size=512)
+    torch_predictor = Predictor.from_checkpoint(ckpt)
+    assert onnx_predictor.class_names == NAMES and onnx_predictor.size == 300
+    x, sizes = image_batch(2, seed=5), [(240, 320), (300, 300)]
+    got, expected = onnx_predictor.predict_batch(x, sizes), torch_predictor.predict_batch(x, sizes)
+    for g, e in zip(got, expected):
+        assert len(g) == len(e) > 0
+        np.testing.assert_allclose(np.sort(g.scores), np.sort(e.scores), atol=1e-5)
+        # the same (label, score, box) rows, in any order (equal scores may swap)
+        rows_g = np.column_stack([g.labels, g.scores, g.boxes])
+        rows_e = np.column_stack([e.labels, e.scores, e.boxes])
+        tolerance = np.array([0, 1e-5, 1e-3, 1e-3, 1e-3, 1e-3])
+        close = (np.abs(rows_g[:, None, :] - rows_e[None, :, :]) <= tolerance).all(-1)
+        assert close.any(1).all() and close.any(0).all()
+
+
+def test_missing_onnxruntime_is_one_clear_error(exported, monkeypatch):
+    from utils.onnx_backend import ORT_MISSING
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
+    with pytest.raises(UserError) as err:
+        Predictor.from_onnx(exported["onnx_raw"])
+    assert err.value.message == "onnxruntime is not installed: pip install onnxruntime" == ORT_MISSING
+
+
+def test_nms_file_refuses_other_thresholds_and_foreign_onnx_files(exported, tmp_path):
+    from utils.onnx_backend import OnnxRunner
+    for settings in ({"conf_thresh": 0.001}, {"top_k": 300}, {"nms_thresh": 0.5}):
+        with pytest.raises(UserError, match="NMS built in"):
+            OnnxRunner(exported["onnx_nms"], **settings)
+    proto = onnx.load(exported["onnx_raw"])
+    del proto.metadata_props[:]
+    foreign = str(tmp_path / "foreign.onnx")
+    onnx.save(proto, foreign)
+    with pytest.raises(UserError, match="not exported by utils.export"):
+        OnnxRunner(foreign)
+    with pytest.raises(UserError, match="not found"):
+        OnnxRunner(str(tmp_path / "missing.onnx"))
+
+
+def test_export_cli_reports_bad_input_without_traceback(model, tmp_path):
+    ckpt = str(tmp_path / "tiny.pth")
+    save_checkpoint({"model": model.state_dict(), "config": model_config(model, "VOC")}, ckpt)
+    with pytest.raises(SystemExit) as exit_info:
+        export_main([ckpt, "-o", str(tmp_path / "x.onnx"), "--batch", "zero"])
+    assert exit_info.value.code == 2
+    with pytest.raises(UserError, match="SSD300"):
+        export_main([ckpt, "-o", str(tmp_path / "x.onnx"), "--size", "512"])
+    with pytest.raises(UserError, match="opset"):
+        export_main([ckpt, "-o", str(tmp_path / "x.onnx"), "--opset", "9"])
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_writes_a_loadable_torchscript_file_and_reports_errors_on_one_line(model, tmp_path, capsys):
+    from utils.errors import run_cli
+    from utils.export import load_torchscript
+    ckpt = str(tmp_path / "tiny.pth")
+    save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model, "VOC")}, ckpt)
+    path = str(tmp_path / "tiny.pt")
+    assert export_main([ckpt, "--format", "torchscript", "-o", path, "--batch", "1", "--with-nms"]) == 0
+    module, meta = load_torchscript(path)
+    assert meta["class_names"] == NAMES and meta["with_nms"] and meta["batch"] == 1
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(export_main, [str(tmp_path / "missing.pth"), "-o", str(tmp_path / "y.onnx")])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: model file not found") and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_object_detection_runs_an_exported_onnx_model_like_its_checkpoint(model, tmp_path):
+    import json
+
+    import cv2
+
+    import object_detection
+    ckpt = str(tmp_path / "tiny.pth")
+    save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model, "VOC")}, ckpt)
+    onnx_path = str(tmp_path / "tiny.onnx")
+    export_onnx(model, onnx_path, NAMES, with_nms=True)
+    image = str(tmp_path / "frame.png")
+    cv2.imwrite(image, (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8))
+    found = {}
+    for name, path in (("onnx", onnx_path), ("pth", ckpt)):
+        report = str(tmp_path / f"{name}.json")
+        assert object_detection.main([path, image, "-o", str(tmp_path / f"{name}.png"), "--json", report,
+                                      "--threshold", "0.3", "--no-progress", "--device", "cpu"]) == 0
+        with open(report) as fh:
+            found[name] = sorted((d["class"], d["score"]) for d in json.load(fh)["frames"][0]["detections"])
+    assert len(found["onnx"]) == len(found["pth"]) > 0
+    assert [c for c, _ in found["onnx"]] == [c for c, _ in found["pth"]]
+    # the report rounds scores to 4 decimals; fp32 differences can move the last one
+    np.testing.assert_allclose([s for _, s in found["onnx"]], [s for _, s in found["pth"]], atol=2e-4)

@@ -1,0 +1,213 @@
+"""Run models exported by :mod:`utils.export` (ONNX Runtime or TorchScript) behind the shared inference path.
+
+A runner is a callable ``x [B, 3, S, S] float32 (preprocessed) → detections [B, C, top_k, 5]`` (relative
+coordinates, :class:`layers.detection.Detect`'s layout), i.e. what :class:`utils.inference.Predictor` expects of a
+model. Files exported with ``--with-nms`` already produce that tensor; for raw exports (``loc``, ``scores``,
+``priors``) the runner applies the PyTorch :class:`~layers.detection.Detect` with the thresholds stored in the file.
+
+``onnxruntime`` is an optional dependency: it is imported only when an ONNX runner is built, and its absence is a
+:class:`~utils.errors.UserError` with the install command.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from utils.errors import UserError
+
+ORT_MISSING = "onnxruntime is not installed: pip install onnxruntime"
+
+
+def _import_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise UserError(ORT_MISSING) from None
+    return onnxruntime
+
+
+class ExportedRunner:
+    """Common part of the runners: metadata, batching for fixed-batch files, raw outputs → detections.
+
+    Subclasses implement :meth:`_run` (one batch of the graph's own batch size → its outputs as CPU tensors).
+
+    Args:
+        meta: parsed export metadata (:func:`utils.export.parse_metadata`).
+        top_k, conf_thresh, nms_thresh: Detect settings (default: those stored in the file). Files with NMS in
+            the graph accept a smaller ``top_k`` and a higher ``conf_thresh`` (applied after the graph, same result
+            as Detect with those values); anything else is a UserError asking to re-export.
+    """
+
+    def __init__(self, meta: Dict[str, Any], path: str, top_k: Optional[int] = None,
+                 conf_thresh: Optional[float] = None, nms_thresh: Optional[float] = None) -> None:
+        from layers.detection import Detect
+
+        self.path = path
+        self.meta = meta
+        self.size: int = meta["size"]
+        self.num_classes: int = meta["num_classes"]
+        self.class_names: List[str] = meta["class_names"]
+        self.with_nms: bool = meta["with_nms"]
+        self.batch: Optional[int] = meta["batch"]
+        asked = {"top_k": top_k, "conf_thresh": conf_thresh, "nms_thresh": nms_thresh}
+        settings = {k: meta[k] if v is None else v for k, v in asked.items()}
+        self.top_k: int = int(settings["top_k"])
+        self.conf_thresh: float = float(settings["conf_thresh"])
+        self.nms_thresh: float = float(settings["nms_thresh"])
+        if self.with_nms:
+            # A stricter score threshold or a smaller top_k give exactly Detect's result when applied after the
+            # graph's NMS (boxes below the threshold come last in their class and so never suppress a kept box);
+            # a looser one or another IoU threshold would need the graph re-exported.
+            wrong = []
+            if self.conf_thresh < meta["conf_thresh"]:
+                wrong.append(f"conf_thresh {self.conf_thresh:g} < the file's {meta['conf_thresh']:g}")
+            if self.top_k > meta["top_k"]:
+                wrong.append(f"top_k {self.top_k} > the file's {meta['top_k']}")
+            if self.nms_thresh != meta["nms_thresh"]:
+                wrong.append(f"nms_thresh {self.nms_thresh:g} != the file's {meta['nms_thresh']:g}")
+            if wrong:
+                raise UserError(f"{path} has NMS built in with other settings: {'; '.join(wrong)} — re-export with "
+                                "python -m utils.export ... --with-nms --top-k/--conf-thresh/--nms-thresh, or export "
+                                "without --with-nms")
+            self.detect = None
+        else:
+            self.detect = Detect(self.num_classes, 0, self.top_k, self.conf_thresh, self.nms_thresh,
+                                 meta["variance"], meta["nms_top_k"])
+
+    def _run(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        raise NotImplementedError
+
+    def outputs(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """The graph's own outputs (``(loc, scores, priors)`` or ``(detections,)``) as CPU float tensors.
+
+        Files exported with a fixed batch ``N`` are run in chunks of ``N`` (the last one zero-padded).
+        """
+        if x.dim() != 4 or tuple(x.shape[1:]) != (3, self.size, self.size):
+            raise UserError(f"{self.path} expects input [B, 3, {self.size}, {self.size}], got {tuple(x.shape)} — "
+                            f"preprocess at size {self.size}")
+        x = x.detach().to("cpu", torch.float32).contiguous()
+        if self.batch is None or x.shape[0] == self.batch:
+            return self._run(x)
+        n, parts = x.shape[0], []
+        for start in range(0, n, self.batch):
+            chunk = x[start:start + self.batch]
+            pad = self.batch - chunk.shape[0]
+            if pad:
+                chunk = torch.cat([chunk, chunk.new_zeros(pad, *chunk.shape[1:])])
+            parts.append(self._run(chunk))
+        # batch-dependent outputs are concatenated and trimmed; priors (no batch axis) are taken once
+        return tuple(torch.cat([p[i] for p in parts])[:n] if i != 2 else parts[0][i]
+                     for i in range(len(parts[0])))
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.outputs(x)
+        if self.detect is None:
+            detections = out[0][:, :, :self.top_k]
+            if self.conf_thresh > self.meta["conf_thresh"]:
+                detections = detections * (detections[..., :1] > self.conf_thresh)
+            return detections
+        loc, scores, priors = out
+        return self.detect(loc, scores, priors)
+
+
+class OnnxRunner(ExportedRunner):
+    """An exported ``.onnx`` SSD on ONNX Runtime: callable ``x [B, 3, S, S] → [B, C, top_k, 5]`` (CPU tensor).
+
+    Args:
+        path: file written by ``python -m utils.export ... --format onnx``.
+        providers: ONNX Runtime execution providers, in order of preference.
+        sess_options: an ``onnxruntime.SessionOptions`` (threads, optimisation level), or None for defaults.
+        top_k, conf_thresh, nms_thresh: see :class:`ExportedRunner`.
+    """
+
+    def __init__(self, path: str, providers: Sequence[str] = ("CPUExecutionProvider",), sess_options: Any = None,
+                 top_k: Optional[int] = None, conf_thresh: Optional[float] = None,
+                 nms_thresh: Optional[float] = None) -> None:
+        from utils.export import INPUT_NAME, parse_metadata
+
+        ort = _import_onnxruntime()
+        if not os.path.isfile(path):
+            raise UserError(f"ONNX model not found: {path} — check the path or export one with "
+                            "`python -m utils.export MODEL --format onnx -o FILE`")
+        try:
+            self.session = ort.InferenceSession(path, sess_options=sess_options, providers=list(providers))
+        except Exception as exc:  # ORT raises its own exception types for bad files (InvalidProtobuf, Fail, ...)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot load ONNX model {path}: {first} — export it again") from None
+        meta = parse_metadata(dict(self.session.get_modelmeta().custom_metadata_map), path)
+        super().__init__(meta, path, top_k, conf_thresh, nms_thresh)
+        self.input_name = INPUT_NAME
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def _run(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        results = self.session.run(self.output_names, {self.input_name: x.numpy()})
+        return tuple(torch.from_numpy(r) for r in results)
+
+
+class TorchScriptRunner(ExportedRunner):
+    """An exported TorchScript SSD (``--format torchscript``): same contract as :class:`OnnxRunner`."""
+
+    def __init__(self, path: str, top_k: Optional[int] = None, conf_thresh: Optional[float] = None,
+                 nms_thresh: Optional[float] = None) -> None:
+        from utils.export import load_torchscript
+
+        self.module, meta = load_torchscript(path)
+        super().__init__(meta, path, top_k, conf_thresh, nms_thresh)
+
+    @torch.no_grad()
+    def _run(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        out = self.module(x)
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def load_exported(path: str, fmt: Optional[str] = None, **kwargs: Any) -> ExportedRunner:
+    """A runner for an exported file; ``fmt`` is ``'onnx'`` or ``'torchscript'`` (default: by extension)."""
+    fmt = fmt or ("onnx" if path.lower().endswith(".onnx") else "torchscript")
+    if fmt == "onnx":
+        return OnnxRunner(path, **kwargs)
+    if fmt == "torchscript":
+        return TorchScriptRunner(path, **kwargs)
+    raise ValueError(f"unknown export format {fmt!r}")
+
+
+def default_providers(device: Optional[torch.device] = None) -> List[str]:
+    """CPU, or CUDA first when ``device`` is CUDA and this onnxruntime build has the CUDA provider."""
+    if device is not None and torch.device(device).type == "cuda":
+        ort = _import_onnxruntime()
+        if "CUDAExecutionProvider" in ort.get_available_providers():
+            return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+def predictor_from_onnx(path: str, class_names: Optional[Sequence[str]] = None, score_threshold: float = 0.0,
+                        providers: Optional[Sequence[str]] = None, top_k: Optional[int] = None,
+                        conf_thresh: Optional[float] = None, nms_thresh: Optional[float] = None,
+                        sess_options: Any = None, device: Optional[torch.device] = None, amp: bool = False,
+                        size: Optional[int] = None, num_classes: Optional[int] = None,
+                        channels_last: Optional[bool] = None, predictor_cls: Any = None) -> Any:
+    """A :class:`utils.inference.Predictor` running an exported ``.onnx`` file on ONNX Runtime.
+
+    Takes the keyword arguments of ``Predictor.from_checkpoint`` so callers can dispatch on the file type:
+    class names and input size come from the file's metadata (``class_names`` overrides the names; ``size`` and
+    ``num_classes``, when given, must agree with the file). ``device`` only picks the execution provider (CUDA
+    when this onnxruntime has it, else CPU); ``amp`` and ``channels_last`` are accepted but ignored — the
+    exported graph runs in fp32. Detections are returned on the CPU.
+    """
+    from utils.inference import Predictor
+
+    del amp, channels_last  # fp32 graph; ONNX Runtime picks its own memory layout
+    runner = OnnxRunner(path, providers or default_providers(device), sess_options, top_k, conf_thresh, nms_thresh)
+    if size is not None and size != runner.size:
+        raise UserError(f"{path} is an SSD{runner.size} export, but --size {size} was asked for — use "
+                        f"--size {runner.size} (or export again at {size})", code=2)
+    if num_classes is not None and num_classes != runner.num_classes:
+        raise UserError(f"{path} has {runner.num_classes} classes, but {num_classes} were asked for", code=2)
+    names = list(class_names) if class_names is not None else runner.class_names
+    if len(names) != runner.num_classes - 1:
+        raise UserError(f"{len(names)} class names given for a model with {runner.num_classes - 1} classes ({path})")
+    cls = predictor_cls or Predictor
+    # the runner takes CPU tensors (numpy in, numpy out), so the Predictor itself stays on the CPU
+    return cls(runner, names, runner.size, torch.device("cpu"), False, score_threshold, False)
