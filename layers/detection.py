@@ -55,7 +55,12 @@ class Detect(nn.Module):
         cand_scores = top_scores[b_idx, c_idx, r_idx]                     # [M]
         cand_boxes = boxes[b_idx, top_idx[b_idx, c_idx, r_idx]]           # [M, 4]
         groups = b_idx * (num_classes - 1) + c_idx                        # one NMS group per (image, class)
-        keep = batched_nms(cand_boxes, cand_scores, groups, self.nms_thresh)  # by descending score
+        # torchvision's batched_nms offsets each group by (max coordinate + 1): that assumes coordinates >= 0
+        # (decoded boxes are unclipped) and, in float32 with hundreds of groups, loses the precision that decides
+        # IoU near the threshold. Shifted to >= 0 and in float64 it matches per-class float32 NMS.
+        nms_boxes = cand_boxes.double()
+        nms_boxes = nms_boxes - nms_boxes.min()
+        keep = batched_nms(nms_boxes, cand_scores.double(), groups, self.nms_thresh)  # by descending score
         # regroup kept boxes by (image, class); the stable sort keeps descending score inside each group
         keep = keep[torch.sort(groups[keep], stable=True).indices]
         g = groups[keep]

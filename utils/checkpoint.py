@@ -33,12 +33,15 @@ def read_checkpoint(path: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+        # the weights-only unpickler reports both code-carrying files ("Unsupported global") and plain garbage
+        # ("Unsupported operand") as UnpicklingError: only the first is a refusal
+        if "Unsupported global" in str(exc):
             raise UserError(f"refusing to load {path}: it contains Python objects that could run code when loaded "
                             "(only tensors and plain data are accepted) — use a checkpoint from a source you trust, "
                             "re-saved as a plain state_dict") from None
         raise UserError(f"not a PyTorch checkpoint (or truncated): {path} — re-download or re-create it") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError, IndexError,
+            TypeError) as exc:
         raise UserError(f"cannot read checkpoint {path}: not a PyTorch checkpoint or truncated "
                         f"({type(exc).__name__}) — re-download or re-create it") from None
 
@@ -78,10 +81,33 @@ def infer_architecture(state: Mapping[str, torch.Tensor], path: str = "<checkpoi
         raise UserError(f"{path} has {heads} detection heads; SSD300 has 6 and SSD512 has 7")
     anchors0 = state["loc.0.weight"].shape[0] // 4
     num_classes = state["conf.0.weight"].shape[0] // anchors0
-    width = state["vgg.0.weight"].shape[0] / 64.0
+    width = _infer_width(state)
     batch_norm = any(k.startswith("vgg.") and k.endswith("running_mean") for k in state)
     return {"size": size, "num_classes": num_classes, "width": width, "batch_norm": batch_norm,
             "conf0_channels": int(state["conf.0.weight"].shape[0])}
+
+
+# output channels of the 15 VGG convs at width 1.0 (conv1_1 ... conv5_3, conv6, conv7)
+_VGG_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
+
+
+def _infer_width(state: Mapping[str, torch.Tensor]) -> float:
+    """The width multiplier that reproduces every VGG conv's channel count (``round(c * width)``).
+
+    ``vgg.0`` alone is ambiguous when ``64 * width`` is not an integer (e.g. 0.3): intersect the interval each
+    conv allows and take its middle.
+    """
+    convs = sorted((int(k.split(".")[1]), v.shape[0]) for k, v in state.items()
+                   if k.startswith("vgg.") and k.endswith(".weight") and k.split(".")[1].isdigit() and v.dim() == 4)
+    if len(convs) != len(_VGG_CHANNELS):
+        return state["vgg.0.weight"].shape[0] / 64.0
+    lo, hi = 0.0, float("inf")
+    for (_, n), c in zip(convs, _VGG_CHANNELS):
+        if n > 8:  # the 8-channel floor of ssd._ch says nothing about the width
+            lo, hi = max(lo, (n - 0.5) / c), min(hi, (n + 0.5) / c)
+    if not lo < hi or hi == float("inf"):
+        return state["vgg.0.weight"].shape[0] / 64.0
+    return (lo + hi) / 2  # exact (e.g. 0.25) when the counts are exact multiples
 
 
 def check_finite(state: Mapping[str, torch.Tensor], path: str) -> None:
@@ -124,8 +150,8 @@ def load_model(path: str, phase: str = "test", num_classes: Optional[int] = None
     arch = infer_architecture(state, path)
     config = dict(meta.get("config") or {})
     if num_classes is not None and num_classes != arch["num_classes"]:
-        raise UserError(f"checkpoint {path} has {arch['num_classes']} classes (conf.0 has "
-                        f"{arch['conf0_channels']} channels), model was built for {num_classes} — pass the matching "
+        raise UserError(f"checkpoint has {arch['num_classes']} classes (conf.0 has {arch['conf0_channels']} "
+                        f"channels), model was built for {num_classes}: {path} — pass the matching "
                         "--dataset / --num_classes or a matching checkpoint")
     if size is not None and size != arch["size"]:
         raise UserError(f"checkpoint {path} is an SSD{arch['size']}, but --size {size} was asked for — use "
@@ -133,7 +159,8 @@ def load_model(path: str, phase: str = "test", num_classes: Optional[int] = None
     check_finite(state, path)
     dataset = config.get("prior_config") or ("COCO" if arch["num_classes"] == 81 else "VOC")
     model = build_ssd(phase, arch["size"], arch["num_classes"], cfg=get_config(dataset, arch["size"]),
-                      width=arch["width"], batch_norm=arch["batch_norm"], **model_kwargs)
+                      width=float(config.get("width") or arch["width"]), batch_norm=arch["batch_norm"],
+                      **model_kwargs)
     load_into(model, state, path)
     names = meta.get("class_names")
     if names is not None and len(names) != arch["num_classes"] - 1:
