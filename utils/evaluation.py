@@ -13,11 +13,11 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import cv2
 import numpy as np
 import torch
 import torch.utils.data as tud
 
+from utils.augmentations import resize_batch_uint8
 from utils.errors import UserError
 from utils.voc_eval import (ClassDetections, evaluate, load_annotations, read_voc_results, to_voc_boxes,
                             write_voc_results)
@@ -71,19 +71,14 @@ class _ResizedImages(tud.Dataset):
     def __getitem__(self, pos: int) -> Tuple[torch.Tensor, int, int, int]:
         img = self.dataset.pull_image(self.indices[pos])  # RGB uint8 H x W x 3
         h, w = img.shape[:2]
-        # cv2.INTER_LINEAR on uint8, exactly as utils.augmentations.preprocess / BaseTransform
-        resized = img if (h, w) == (self.size, self.size) else cv2.resize(
-            img, (self.size, self.size), interpolation=cv2.INTER_LINEAR)
-        return torch.from_numpy(np.ascontiguousarray(resized)), pos, h, w
+        # the shared uint8 resize (utils.augmentations); normalisation happens per batch on the predictor's device
+        resized = resize_batch_uint8([img], self.size)[0]
+        return torch.from_numpy(resized), pos, h, w
 
 
 def _collate(batch):
     images = torch.stack([b[0] for b in batch], 0)
     return images, [b[1] for b in batch], [(b[2], b[3]) for b in batch]
-
-
-def _worker_init(_: int) -> None:
-    cv2.setNumThreads(1)  # one decode/resize thread per worker: no oversubscription
 
 
 def class_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> np.ndarray:
@@ -125,8 +120,7 @@ def collect_detections(predictor: Any, dataset: Any, batch_size: int = 8, num_wo
     device = getattr(predictor, "device", torch.device("cpu"))
     loader = tud.DataLoader(_ResizedImages(dataset, predictor.size, range(n)), batch_size=batch_size,
                             shuffle=False, num_workers=num_workers, collate_fn=_collate,
-                            pin_memory=(torch.device(device).type == "cuda"),
-                            worker_init_fn=_worker_init if num_workers > 0 else None)
+                            pin_memory=(torch.device(device).type == "cuda") if num_workers > 0 else None)
     from utils.augmentations import normalize_uint8_batch
 
     image_ids = [str(dataset.image_id(i)) for i in range(n)]
