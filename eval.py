@@ -125,8 +125,13 @@ def dataset_root(args: argparse.Namespace) -> str:
     return os.path.expanduser(root)
 
 
-def _check_output_folder(folder: str) -> None:
-    """UserError unless ``folder`` is (or can be created as) a writable folder; creates nothing."""
+def _check_output_folder(folder: str, flag: str = "--save_folder") -> None:
+    """UserError unless ``folder`` is (or can be created as) a writable folder; leaves nothing behind.
+
+    Probed by creating a real file: permission bits say nothing for root or on read-only mounts.
+    """
+    import tempfile
+
     probe = os.path.abspath(folder)
     while not os.path.exists(probe):
         parent = os.path.dirname(probe)
@@ -134,9 +139,13 @@ def _check_output_folder(folder: str) -> None:
             break
         probe = parent
     if not os.path.isdir(probe):
-        raise UserError(f"cannot create --save_folder {folder}: {probe} is a file — choose another folder")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"--save_folder is not writable: {folder} — choose another folder or fix its permissions")
+        raise UserError(f"cannot create {flag} {folder}: {probe} is a file — choose another folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=probe)
+        os.close(fd)
+        os.remove(tmp)
+    except OSError:
+        raise UserError(f"{flag} is not writable: {folder} — choose another folder or fix its permissions") from None
 
 
 def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, Any]:
@@ -150,6 +159,8 @@ def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, A
     device = resolve_device(args.device, args.cuda)
     check_dir(root, "dataset root", "pass --dataset_root (or --voc_root) pointing at the dataset")
     _check_output_folder(args.save_folder)
+    if args.json_path:  # before the (long) evaluation, not after it
+        _check_output_folder(os.path.dirname(os.path.abspath(args.json_path)), "--json folder")
     predictor = Predictor.load(args.trained_model, args.backend, device=device, amp=args.amp, size=args.size,
                                top_k=args.top_k, conf_thresh=args.confidence_threshold)
     # keep_difficult: the devkit scores difficult objects as "ignore", so they must be loaded

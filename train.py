@@ -311,6 +311,37 @@ def _resolve_resume(path: str, save_folder: str, size: int, dataset: str) -> str
     return path
 
 
+def _check_save_folder(folder: str) -> None:
+    """UserError unless --save_folder exists writable or can be created there. Probed with a real file
+    (permission bits say nothing for root or on read-only mounts), before any data or model is loaded."""
+    import tempfile
+
+    base = os.path.abspath(folder)
+    while not os.path.exists(base) and os.path.dirname(base) != base:
+        base = os.path.dirname(base)
+    if not os.path.isdir(base):
+        raise UserError(f"cannot create --save_folder {folder}: {base} is a file — choose another folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=base)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as exc:
+        raise UserError(f"--save_folder is not writable: {folder} ({exc.strerror or exc}) — choose another folder "
+                        "or fix its permissions") from None
+
+
+def _check_resume_architecture(state: Mapping[str, torch.Tensor], path: str, size: int, num_classes: int) -> None:
+    """Name the mismatch (input size or class count) before a strict load lists tensor shapes."""
+    from utils.checkpoint import infer_architecture
+    arch = infer_architecture(state, path)
+    if arch["size"] != size:
+        raise UserError(f"checkpoint {path} is an SSD{arch['size']}, but this run trains an SSD{size} — pass "
+                        f"--size {arch['size']} or resume from an SSD{size} checkpoint")
+    if arch["num_classes"] != num_classes:
+        raise UserError(f"checkpoint {path} has {arch['num_classes']} classes (with background) but the dataset "
+                        f"has {num_classes} — resume with the dataset it was trained on, or start a new run")
+
+
 @dataclass
 class ResumeSource:
     """What --resume names: its path and loaded content; ``full`` for this script's training checkpoints
@@ -381,6 +412,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = resolve_device(device_name, ns.cuda)
     s = resolve_settings(ns, explicit, ckpt_config, device.type == "cuda" or _cpu_bf16(), device.type)
     validate(s)
+    _check_save_folder(s.save_folder)
     if s.threads:
         torch.set_num_threads(s.threads)
 
@@ -446,6 +478,7 @@ def train(s: argparse.Namespace, explicit: Set[str], device: torch.device, dist,
     if ckpt is not None:
         state, _ = split_checkpoint(ckpt, resume_path)
         check_finite(state, resume_path)
+        _check_resume_architecture(state, resume_path, s.size, num_classes)
         load_into(model, state, resume_path)
         del state
         if full_resume:

@@ -119,6 +119,39 @@ def bench_torchvision(device: torch.device, frames: List[np.ndarray], batch: int
     return {"e2e_img_s": batch / t}
 
 
+def bench_video(device: torch.device, weights: Optional[str], reps: int, frames: int = 96,
+                width: int = 480, height: int = 360) -> Dict[str, Any]:
+    """object_detection.py's streaming path (decode → batch → predict → draw → encode) vs predict() alone."""
+    import tempfile
+
+    import object_detection as od
+    from data.synthetic import generate_video
+    from utils.video import VideoReader
+
+    if weights:
+        pred = Predictor.from_checkpoint(weights, device=device, conf_thresh=0.5)
+    else:
+        torch.manual_seed(0)
+        pred = Predictor(build_ssd("test", 300, 21), [f"c{i}" for i in range(20)], 300, device)
+    with tempfile.TemporaryDirectory() as tmp:
+        video = os.path.join(tmp, "in.mp4")
+        generate_video(video, frames, 24, width, height, seed=0)
+        decoded = list(VideoReader(video))
+
+        def model_only():
+            for i in range(0, len(decoded), 8):
+                pred.predict(decoded[i:i + 8])
+
+        def pipeline():
+            od.detect_video(pred, VideoReader(video), os.path.join(tmp, "out.mp4"), threshold=0.5, batch_size=8,
+                            json_path=os.path.join(tmp, "out.json"), progress=False)
+
+        t_model = timeit(model_only, device, max(1, reps // 2))
+        t_pipe = timeit(pipeline, device, max(1, reps // 2))
+    return {"frames": frames, "size": f"{width}x{height}", "model_only_fps": frames / t_model,
+            "pipeline_fps": frames / t_pipe, "ratio": t_model / t_pipe}
+
+
 def optional_section(name: str, fn: Callable[[], Dict[str, Any]]) -> Dict[str, Any]:
     try:
         return fn()
@@ -187,16 +220,26 @@ def main(argv=None) -> int:
               f"{r['detect_ms']:>10.1f}{100 * r['detect_share_of_forward']:>7.1f}%")
     if "train" in sections:
         def train_section():
-            from benchmarks.bench_train import run_benchmark as run_train
-            return run_train(device=device, batch=8, reps=max(2, reps // 2))
+            from benchmarks.bench_train import check_baseline_matches, random_targets, time_config
+            targs = argparse.Namespace(size=300, num_classes=21, width=1.0, batch_norm=False, batch_size=8,
+                                       warmup=1, iters=max(2, reps // 2))
+            check_baseline_matches(build_ssd("train", 300, 21), random_targets(8, 21))
+            configs = ["baseline", "fp32-cl", "fp32-cl-frozen", "amp-cl"] if device.type == "cpu" \
+                else ["fp32-cl", "amp-cl"]
+            out = {c: time_config(c, targs, device) for c in configs}
+            if "baseline" in out:
+                for c in configs:
+                    out[c]["speedup_vs_baseline"] = out[c]["images_per_s"] / out["baseline"]["images_per_s"]
+            return out
         result["train"] = optional_section("train", train_section)
-        print("train:", json.dumps(result["train"], indent=None, default=str))
+        print("train step (batch 8, img/s):", ", ".join(
+            f"{c} {r['images_per_s']:.2f}" + (f" ({r['speedup_vs_baseline']:.2f}x)" if "speedup_vs_baseline" in r
+                                              else "") for c, r in result["train"].items() if isinstance(r, dict)))
     if "video" in sections:
-        def video_section():
-            from benchmarks.bench_video import run_benchmark as run_video
-            return run_video(device=device, batch=8)
-        result["video"] = optional_section("video", video_section)
-        print("video:", json.dumps(result["video"], indent=None, default=str))
+        result["video"] = bench_video(device, args.weights, reps)
+        v = result["video"]
+        print(f"video ({v['frames']} frames {v['size']}, batch 8): model only {v['model_only_fps']:.2f} frames/s, "
+              f"object_detection pipeline {v['pipeline_fps']:.2f} frames/s, ratio {v['ratio']:.2f}")
     if "onnx" in sections:
         def onnx_section():
             from benchmarks.bench_export import run_benchmark as run_onnx

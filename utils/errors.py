@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable, NoReturn, Optional, Sequence
+import warnings
+from typing import Any, Callable, NoReturn, Optional, Sequence
 
 
 class UserError(Exception):
@@ -29,11 +30,19 @@ def _one_line(message: str) -> str:
     return " ".join(message.strip().splitlines())
 
 
+def _show_warning_one_line(message: Any, category: Any, filename: str, lineno: int, file: Any = None,
+                           line: Any = None) -> None:
+    """CLI warnings (e.g. a box clipped to its image) as one ``warning: ...`` line, without the source line."""
+    print(f"warning: {_one_line(str(message))}", file=file or sys.stderr)
+
+
 def run_cli(main: Callable[[Optional[Sequence[str]]], Optional[int]],
             argv: Optional[Sequence[str]] = None) -> NoReturn:
     """Run a CLI ``main(argv)``; map UserError / KeyboardInterrupt to an exit status without traceback."""
     try:
-        code = main(argv)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning_one_line
+            code = main(argv)
     except UserError as exc:
         print(f"error: {_one_line(exc.message)}", file=sys.stderr)
         sys.exit(exc.code)

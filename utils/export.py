@@ -31,7 +31,7 @@ import json
 import os
 import sys
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -349,8 +349,15 @@ def _parse_batch(value: str) -> Optional[int]:
     return batch
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr (exit status 2), like the other CLIs."""
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see python -m utils.export --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m utils.export",
+    p = _Parser(prog="python -m utils.export",
                                 description="Export an SSD checkpoint to ONNX or TorchScript.")
     p.add_argument("model", help="checkpoint (.pth): ssd.pytorch weights or a training checkpoint")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
