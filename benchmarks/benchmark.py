@@ -76,14 +76,15 @@ def make_frames(n: int, seed: int = 0) -> List[np.ndarray]:
 
 
 def bench_ours(device: torch.device, frames: List[np.ndarray], batch: int, amp: bool, reps: int,
-               weights: Optional[str]) -> Dict[str, float]:
+               weights: Optional[str], compile: bool = False) -> Dict[str, float]:
     if weights:
-        pred = Predictor.from_checkpoint(weights, device=device, amp=amp)
+        pred = Predictor.from_checkpoint(weights, device=device, amp=amp, compile=compile)
     else:
         torch.manual_seed(0)
         model = build_ssd("test", 300, 21)
-        pred = Predictor(model, [f"c{i}" for i in range(20)], 300, device, amp)
+        pred = Predictor(model, [f"c{i}" for i in range(20)], 300, device, amp, compile=compile)
     net = pred.model
+    raw = pred._raw if compile else net.forward_raw
     imgs = frames[:batch]
     x = pred.preprocess(imgs).to(device)
     if pred.channels_last:
@@ -91,11 +92,11 @@ def bench_ours(device: torch.device, frames: List[np.ndarray], batch: int, amp: 
 
     def forward():
         with torch.inference_mode(), autocast(device, amp):
-            return net.forward_raw(x)
+            return raw(x)
 
     t_fwd = timeit(forward, device, reps)
     with torch.inference_mode(), autocast(device, amp):
-        loc, conf = net.forward_raw(x)
+        loc, conf = raw(x)
         probs = torch.softmax(conf.float(), -1)
     t_det = timeit(lambda: net.detect(loc, probs, net.priors), device, reps)
     t_e2e = timeit(lambda: pred.predict(imgs), device, reps)
@@ -168,6 +169,8 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", default=None, help="checkpoint for our model (default: random SSD300)")
     parser.add_argument("--sections", default="conv,ours,torchvision,train,video,onnx")
     parser.add_argument("--json", default=None, help="write all numbers here")
+    parser.add_argument("--compile", action="store_true",
+                        help="also measure the fast mode with torch.compile (--compile on the CLIs)")
     args = parser.parse_args(argv)
     device = resolve_device(args.device)
     reps = 3 if args.quick else args.reps
@@ -195,11 +198,11 @@ def main(argv=None) -> int:
         tv = bench_torchvision(device, frames, b, reps) if "torchvision" in sections else None
         if tv:
             result[f"torchvision_fp32_b{b}"] = tv
-        for amp in (False, True):
-            if "ours" not in sections:
+        for amp, comp in ((False, False), (True, False), (True, True)):
+            if "ours" not in sections or (comp and not args.compile):
                 continue
-            r = bench_ours(device, frames, b, amp, reps, args.weights)
-            key = f"ours_{'fast' if amp else 'fp32'}_b{b}"
+            r = bench_ours(device, frames, b, amp, reps, args.weights, comp)
+            key = f"ours_{'fast' if amp else 'fp32'}{'+compile' if comp else ''}_b{b}"
             if tv:
                 r["e2e_vs_torchvision_fp32"] = r["e2e_img_s"] / tv["e2e_img_s"]
             ceiling = result.get("conv_ceiling_fast" if amp else "conv_ceiling_fp32", {}).get("best_gflops")
@@ -208,13 +211,13 @@ def main(argv=None) -> int:
                 r["e2e_fraction_of_conv_ceiling"] = r["e2e_img_s"] * SSD300_GFLOP / ceiling
             result[key] = r
             rows.append((key, r))
-    print(f"\n{'config':<18}{'fwd img/s':>10}{'e2e img/s':>10}{'GFLOP/s':>9}{'vs tv':>7}{'ceil':>6}"
+    print(f"\n{'config':<22}{'fwd img/s':>10}{'e2e img/s':>10}{'GFLOP/s':>9}{'vs tv':>7}{'ceil':>6}"
           f"{'Detect ms':>10}{'Det/fwd':>8}")
     for b in batches:
         if f"torchvision_fp32_b{b}" in result:
-            print(f"{'torchvision b' + str(b):<18}{'':>10}{result[f'torchvision_fp32_b{b}']['e2e_img_s']:>10.2f}")
+            print(f"{'torchvision b' + str(b):<22}{'':>10}{result[f'torchvision_fp32_b{b}']['e2e_img_s']:>10.2f}")
     for key, r in rows:
-        print(f"{key:<18}{r['forward_img_s']:>10.2f}{r['e2e_img_s']:>10.2f}{r['forward_gflops']:>9.0f}"
+        print(f"{key:<22}{r['forward_img_s']:>10.2f}{r['e2e_img_s']:>10.2f}{r['forward_gflops']:>9.0f}"
               f"{r.get('e2e_vs_torchvision_fp32', float('nan')):>7.2f}"
               f"{r.get('e2e_fraction_of_conv_ceiling', float('nan')):>6.2f}"
               f"{r['detect_ms']:>10.1f}{100 * r['detect_share_of_forward']:>7.1f}%")

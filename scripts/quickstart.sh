@@ -8,7 +8,7 @@ bash scripts/setup_env.sh
 PY=.venv/bin/python
 OUT=${OUT:-quickstart_out}
 NUM=${NUM:-4000}            # synthetic images (80% train / 5% val / 15% test)
-ITERS=${ITERS:-1500}        # training iterations of the cpu-demo preset (batch 32)
+ITERS=${ITERS:-440}         # training iterations of the cpu-demo preset (batch 32); ~12 min on 2 cores
 mkdir -p "$OUT"
 start=$(date +%s)
 run() { echo; echo "\$ $*"; "$@"; }
@@ -17,11 +17,11 @@ run $PY -m data.synthetic --out "$OUT/data" --num "$NUM" --seed 0 \
     --video "$OUT/synthetic.mp4" --frames 240 --fps 24 --width 480 --height 360 --audio
 
 run $PY train.py --dataset custom --dataset_root "$OUT/data" --preset cpu-demo --basenet none \
-    --max_iter "$ITERS" --save_folder "$OUT/weights" --num_workers 1 --seed 0 --log_every 50
+    --max_iter "$ITERS" --save_folder "$OUT/weights" --num_workers 0 --seed 0 --log_every 20
 CKPT="$OUT/weights/ssd300_custom_final.pth"
 
 run $PY eval.py --dataset custom --dataset_root "$OUT/data" --set test --trained_model "$CKPT" \
-    --save_folder "$OUT/eval" --json "$OUT/eval.json" --batch_size 16
+    --save_folder "$OUT/eval" --json "$OUT/eval.json" --batch_size 16 --num_workers 0
 
 run $PY object_detection.py "$CKPT" "$OUT/synthetic.mp4" -o "$OUT/annotated.mp4" \
     --json "$OUT/detections.json" --threshold 0.5

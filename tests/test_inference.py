@@ -81,3 +81,13 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
         with open(tmp, "wb") as fh:
             fh.write(b"new")
     assert target.read_bytes() == b"new"
+
+
+def test_compiled_predictor_gives_the_same_detections_as_eager():
+    torch.manual_seed(0)
+    net = build_ssd("test", 300, 3, width=0.125).eval()
+    x = torch.randn(2, 3, 300, 300) * 50
+    eager = Predictor(net, ["a", "b"], 300, channels_last=True).run(x).clone()
+    compiled = Predictor(net, ["a", "b"], 300, channels_last=True, compile=True).run(x)
+    assert (eager[..., 0] > 0).sum() > 0
+    torch.testing.assert_close(compiled, eager, rtol=1e-4, atol=1e-4)

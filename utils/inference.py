@@ -58,11 +58,14 @@ class Predictor:
         amp: bf16 autocast on CPU, fp16/bf16 autocast on CUDA.
         channels_last: NHWC memory format for the network (default on).
         score_threshold: detections at or below this score are dropped when converting to pixels.
+        compile: ``torch.compile`` the network (not Detect) with weight freezing: ~8 % faster in bf16 on CPU after
+            a one-off compilation of 10-30 s per input batch size; worth it for long videos and full test sets.
     """
 
     def __init__(self, model: Callable[[torch.Tensor], torch.Tensor], class_names: Sequence[str], size: int,
                  device: torch.device = torch.device("cpu"), amp: bool = False,
-                 score_threshold: float = 0.0, channels_last: Optional[bool] = None) -> None:
+                 score_threshold: float = 0.0, channels_last: Optional[bool] = None,
+                 compile: bool = False) -> None:
         self.model = model
         self.class_names = list(class_names)
         self.size = size
@@ -75,12 +78,21 @@ class Predictor:
             model.eval().to(device)
             if self.channels_last:
                 model.to(memory_format=torch.channels_last)
+        self._raw = None
+        if compile:
+            if not hasattr(model, "forward_raw"):
+                raise ValueError("compile=True needs an SSD model")
+            import torch._inductor.config as inductor_config
+            # freezing turns weights into constants, so oneDNN can prepack them and fuse conv + ReLU
+            inductor_config.freezing = True
+            self._raw = torch.compile(model.forward_raw, dynamic=False)
 
     @classmethod
     def from_checkpoint(cls, path: str, device: torch.device = torch.device("cpu"), amp: bool = False,
                         num_classes: Optional[int] = None, size: Optional[int] = None, top_k: int = 200,
                         conf_thresh: float = 0.01, nms_thresh: float = 0.45, class_names: Optional[Sequence[str]] = None,
-                        score_threshold: float = 0.0, channels_last: Optional[bool] = None) -> "Predictor":
+                        score_threshold: float = 0.0, channels_last: Optional[bool] = None,
+                        compile: bool = False) -> "Predictor":
         """Load any accepted checkpoint (see utils.checkpoint) into a test-phase SSD."""
         model, meta = load_model(path, "test", num_classes=num_classes, size=size, top_k=top_k,
                                  conf_thresh=conf_thresh, nms_thresh=nms_thresh)
@@ -89,7 +101,7 @@ class Predictor:
             from utils.errors import UserError
             raise UserError(f"{len(names)} class names given for a model with {model.num_classes - 1} classes "
                             f"({path})")
-        return cls(model, names, model.size, device, amp, score_threshold, channels_last)
+        return cls(model, names, model.size, device, amp, score_threshold, channels_last, compile)
 
     @classmethod
     def from_onnx(cls, path: str, **kwargs: Any) -> "Predictor":
@@ -111,7 +123,7 @@ class Predictor:
             if not is_onnx:
                 raise UserError(f"--backend onnxruntime needs an .onnx model, got {path} — export one with "
                                 "python -m utils.export or use --backend torch", code=2)
-            for key in ("amp", "channels_last"):
+            for key in ("amp", "channels_last", "compile"):
                 kwargs.pop(key, None)
             return cls.from_onnx(path, **kwargs)
         if backend != "torch":
@@ -136,7 +148,10 @@ class Predictor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
-            return self.model(x)
+            if self._raw is None:
+                return self.model(x)
+            loc, conf = self._raw(x)
+        return self.model.detect(loc, torch.softmax(conf.float(), dim=-1), self.model.priors)
 
     def predict_batch(self, x: torch.Tensor, image_sizes: Sequence[Tuple[int, int]]) -> List[Detections]:
         """Preprocessed ``[B, 3, S, S]`` + original ``(h, w)`` per image → detections in pixels."""
