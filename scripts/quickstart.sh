@@ -24,18 +24,17 @@ run $PY eval.py --dataset custom --dataset_root "$OUT/data" --set test --trained
     --save_folder "$OUT/eval" --json "$OUT/eval.json" --batch_size 16 --num_workers 0
 
 run $PY object_detection.py "$CKPT" "$OUT/synthetic.mp4" -o "$OUT/annotated.mp4" \
-    --json "$OUT/detections.json" --threshold 0.5
+    --json "$OUT/detections.json" --threshold 0.3
 
-# one frame of the annotated video as a PNG (for README / a quick look)
-$PY - "$OUT/annotated.mp4" "$OUT/annotated_frame.png" <<'PYEOF'
-import sys, imageio.v2 as imageio
-reader = imageio.get_reader(sys.argv[1])
-frame = None
-for i, f in enumerate(reader):
-    frame = f
-    if i == 60:
+# the annotated frame with the most detections, as a PNG (for README / a quick look)
+$PY - "$OUT/annotated.mp4" "$OUT/detections.json" "$OUT/annotated_frame.png" <<'PYEOF'
+import json, sys, imageio.v2 as imageio
+frames = json.load(open(sys.argv[2]))["frames"]
+best = max(frames, key=lambda f: len(f["detections"]))["frame"] if frames else 0
+for i, frame in enumerate(imageio.get_reader(sys.argv[1])):
+    if i == best:
         break
-imageio.imwrite(sys.argv[2], frame)
+imageio.imwrite(sys.argv[3], frame)
 PYEOF
 
 mAP=$($PY -c "import json,sys; print(f\"{json.load(open('$OUT/eval.json'))['mAP']:.4f}\")")
