@@ -19,23 +19,12 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
+from utils.cli import check_writable_folder, str2bool
 from utils.errors import UserError, run_cli
 
 DEFAULT_MODEL = "weights/ssd300_mAP_77.43_v2.pth"
 DEFAULT_ROOTS = {"voc": "~/data/VOCdevkit", "coco": "~/data/coco"}
 DEFAULT_SETS = {"voc": "test", "custom": "test", "coco": "minival2014"}
-
-
-def str2bool(v: Any) -> bool:
-    """ssd.pytorch's ``--cuda`` / ``--cleanup`` values: yes/no, true/false, t/f, y/n, 1/0."""
-    if isinstance(v, bool):
-        return v
-    s = str(v).strip().lower()
-    if s in ("yes", "true", "t", "y", "1"):
-        return True
-    if s in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
 
 
 def _dataset_name(s: str) -> str:
@@ -129,26 +118,7 @@ def dataset_root(args: argparse.Namespace) -> str:
 
 
 def _check_output_folder(folder: str, flag: str = "--save_folder") -> None:
-    """UserError unless ``folder`` is (or can be created as) a writable folder; leaves nothing behind.
-
-    Probed by creating a real file: permission bits say nothing for root or on read-only mounts.
-    """
-    import tempfile
-
-    probe = os.path.abspath(folder)
-    while not os.path.exists(probe):
-        parent = os.path.dirname(probe)
-        if parent == probe:
-            break
-        probe = parent
-    if not os.path.isdir(probe):
-        raise UserError(f"cannot create {flag} {folder}: {probe} is a file — choose another folder")
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".write-test.", dir=probe)
-        os.close(fd)
-        os.remove(tmp)
-    except OSError:
-        raise UserError(f"{flag} is not writable: {folder} — choose another folder or fix its permissions") from None
+    check_writable_folder(folder, flag)
 
 
 def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, Any]:

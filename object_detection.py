@@ -29,6 +29,7 @@ from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from utils.draw import draw_detections
+from utils import cli
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write
 from utils.video import (DEFAULT_CRF, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReader, VideoWriter,
@@ -193,7 +194,7 @@ def detect_images(predictor: Any, inputs: Sequence[str], outputs: Sequence[str],
     counts: collections.Counter = collections.Counter()
     index = [0]
     start = time.perf_counter()
-    staging = tempfile.mkdtemp(prefix=".detect.", dir=_nearest_existing_folder(out_dir))
+    staging = tempfile.mkdtemp(prefix=".detect.", dir=cli.nearest_existing_folder(out_dir))
     try:
         with contextlib.ExitStack() as stack:
             log = stack.enter_context(DetectionLog(json_path, {"input": os.path.dirname(inputs[0]) or ".",
@@ -284,29 +285,8 @@ def _same_file(a: str, b: str) -> bool:
     return os.path.realpath(a) == os.path.realpath(b)
 
 
-def _nearest_existing_folder(folder: str) -> str:
-    folder = os.path.abspath(folder)
-    while not os.path.exists(folder):
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    return folder
-
-
 def check_writable_folder(folder: str, what: str = "output folder") -> None:
-    """UserError unless ``folder`` exists writable or can be created (probed with a real file,
-    as permission bits say nothing for root or on read-only mounts)."""
-    base = _nearest_existing_folder(folder)
-    if not os.path.isdir(base):
-        raise UserError(f"cannot create {what} {folder}: {base} is a file, not a folder — choose another path")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=base)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        raise UserError(f"{what} is not writable: {folder} ({exc.strerror or exc}) — choose another -o location "
-                        "or fix its permissions") from None
+    cli.check_writable_folder(folder, what, "choose another -o location")
 
 
 def plan(args: argparse.Namespace) -> Job:

@@ -30,6 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 import torch
 from torch import nn
 
+from utils.cli import check_writable_folder, str2bool
 from utils.errors import UserError, run_cli
 
 DATASETS = ("VOC", "COCO", "custom")
@@ -77,16 +78,6 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str):  # type: ignore[override]
         raise UserError(f"{message} (see python train.py --help)", code=2)
-
-
-def str2bool(v: str) -> bool:
-    """ssd.pytorch's ``--cuda`` values: yes/true/t/1 (and no/false/f/0)."""
-    s = str(v).strip().lower()
-    if s in ("yes", "true", "t", "1", "y"):
-        return True
-    if s in ("no", "false", "f", "0", "n"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
 
 
 def _int_list(values: Sequence[str]) -> List[int]:
@@ -312,22 +303,7 @@ def _resolve_resume(path: str, save_folder: str, size: int, dataset: str) -> str
 
 
 def _check_save_folder(folder: str) -> None:
-    """UserError unless --save_folder exists writable or can be created there. Probed with a real file
-    (permission bits say nothing for root or on read-only mounts), before any data or model is loaded."""
-    import tempfile
-
-    base = os.path.abspath(folder)
-    while not os.path.exists(base) and os.path.dirname(base) != base:
-        base = os.path.dirname(base)
-    if not os.path.isdir(base):
-        raise UserError(f"cannot create --save_folder {folder}: {base} is a file — choose another folder")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=base)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as exc:
-        raise UserError(f"--save_folder is not writable: {folder} ({exc.strerror or exc}) — choose another folder "
-                        "or fix its permissions") from None
+    check_writable_folder(folder, "--save_folder")
 
 
 def _check_resume_architecture(state: Mapping[str, torch.Tensor], path: str, size: int, num_classes: int) -> None:
