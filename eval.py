@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from utils.cli import check_writable_folder, str2bool
+from utils.cli import add_inference_flags, check_writable_folder, str2bool
 from utils.errors import UserError, run_cli
 
 DEFAULT_MODEL = "weights/ssd300_mAP_77.43_v2.pth"
@@ -65,13 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="input size (default: the checkpoint's)")
     p.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
     p.add_argument("--num_workers", type=int, default=2, help="image loading processes")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--amp", action="store_true",
-                   help="fast mode: bf16 autocast on CPUs (fp16/bf16 on GPUs) + channels_last")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the network (one-off 10-30 s compilation; faster on long runs)")
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="model runtime; auto picks ONNX Runtime for .onnx files (see utils/export.py)")
+    add_inference_flags(p)
     p.add_argument("--metric", choices=("voc07", "area"), default="voc07",
                    help="VOC AP: voc07 = 11-point (VOC2007 test), area = area under the PR curve (VOC2010+)")
     p.add_argument("--results_dir", default=None,

@@ -30,6 +30,7 @@ import numpy as np
 
 from utils.draw import draw_detections
 from utils import cli
+from utils.cli import add_inference_flags
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write
 from utils.video import (DEFAULT_CRF, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReader, VideoWriter,
@@ -253,11 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_classes", type=int, help="classes including background, when the file doesn't say")
     p.add_argument("--size", type=int, help="input size 300 or 512 (default: from the checkpoint)")
     p.add_argument("--batch_size", type=int, default=8, help="frames per inference batch (default 8)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--amp", action="store_true",
-                   help="fast mode: bf16 autocast on CPUs (fp16/bf16 on GPUs) + channels_last")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the network (one-off 10-30 s compilation; faster on long runs)")
+    add_inference_flags(p)
     p.add_argument("--top_k", type=int, default=200, help="at most this many detections per class (default 200)")
     p.add_argument("--no-audio", dest="audio", action="store_false", help="don't copy the input's audio")
     q = p.add_mutually_exclusive_group()
@@ -265,8 +262,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--crf", type=int, help=f"x264 CRF 0 (lossless) .. 51 (smallest); default {DEFAULT_CRF}")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="write every frame's detections to PATH")
     p.add_argument("--max_frames", type=int, help="stop after this many frames/images")
-    p.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                   help="inference engine (auto: onnxruntime for .onnx files, else torch)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 

@@ -47,3 +47,14 @@ def check_writable_folder(folder: str, what: str, remedy: str = "choose another 
     except OSError as exc:
         raise UserError(f"{what} is not writable: {folder} ({exc.strerror or exc}) — {remedy} or fix its "
                         "permissions") from None
+
+
+def add_inference_flags(parser: argparse.ArgumentParser) -> None:
+    """The model-runtime flags eval.py and object_detection.py share: --device, --amp, --compile, --backend."""
+    parser.add_argument("--device", default="auto", help="where the model runs: auto, cpu, cuda or cuda:N")
+    parser.add_argument("--amp", action="store_true",
+                        help="fast mode: bf16 autocast on CPUs (fp16/bf16 on GPUs) + channels_last")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the network (one-off 10-30 s compilation; faster on long runs)")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
+                        help="model runtime; auto picks ONNX Runtime for .onnx files (see python -m utils.export)")
