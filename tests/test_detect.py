@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from layers.detection import Detect
+import layers.detection as detection
+from layers.detection import Detect, greedy_nms
 
 VAR = (0.1, 0.2)
 
@@ -181,3 +182,101 @@ def test_default_keep_top_k_is_off():
 def test_bad_nms_threshold_rejected():
     with pytest.raises(ValueError):
         Detect(21, 0, 200, 0.01, 0.0)
+
+
+def chain_inputs(steps, scores):
+    """Boxes 0.02 wide along a line, box i+1 shifted right by ``steps[i]`` widths; ``scores [B, N, C]``."""
+    n = len(steps) + 1
+    cx = 0.1 + 0.02 * torch.cat([torch.zeros(1), torch.cumsum(torch.tensor(steps, dtype=torch.float64), 0)])
+    priors = torch.stack([cx, torch.full((n,), 0.5, dtype=torch.float64),
+                          torch.full((n,), 0.02, dtype=torch.float64), torch.full((n,), 0.1, dtype=torch.float64)],
+                         dim=1).float()
+    return torch.zeros(scores.shape[0], n, 4), scores, priors
+
+
+def test_long_suppression_chain_keeps_every_other_box():
+    # shift 0.3 widths: neighbours overlap with IoU 0.7 / 1.3 = 0.54 (> 0.45), boxes two apart 0.4 / 1.6 = 0.25.
+    # Greedy NMS keeps boxes 0, 2, 4, ...: each decision depends on the one before, a chain through all 200 boxes.
+    n = 200
+    scores = torch.zeros(1, n, 3)
+    scores[0, :, 1] = torch.linspace(0.9, 0.1, n)      # chain walked left to right
+    scores[0, :, 2] = torch.linspace(0.1, 0.9, n)      # and right to left
+    loc, conf, priors = chain_inputs([0.3] * (n - 1), scores)
+    out = Detect(3, 0, 200, 0.01, 0.45, VAR)(loc, conf, priors)
+    assert torch.equal(out[0, 1, :100, 0], scores[0, 0::2, 1])
+    assert torch.equal(out[0, 2, :100, 0], scores[0, 1::2, 2].flip(0))
+    assert (out[0, 1:, 100:] == 0).all()
+    assert_same_detections(out, brute_force_detect(loc, conf, priors))
+
+
+def test_random_suppression_chains_equal_brute_force():
+    # steps between 0.1 and 0.5 widths: some neighbours suppress each other, some do not, some boxes two apart do;
+    # random score orders give every image and class its own chains
+    g = torch.Generator().manual_seed(21)
+    n = 150
+    steps = (0.1 + 0.4 * torch.rand(n - 1, generator=g)).tolist()
+    scores = 0.02 + 0.9 * torch.rand(3, n, 4, generator=g)
+    scores[0, :, 1] = torch.linspace(0.9, 0.1, n)
+    loc, conf, priors = chain_inputs(steps, scores)
+    out = Detect(4, 0, 200, 0.01, 0.45, VAR)(loc, conf, priors)
+    ref = brute_force_detect(loc, conf, priors)
+    assert_same_detections(out, ref)
+    assert ((ref[:, 1:, :, 0] > 0).sum(dim=2) < n).all()    # every group suppressed something
+
+
+def test_batch_above_torchvision_cpu_threshold_equals_images_one_by_one(monkeypatch):
+    # 3 images x 20 classes x up to 200 candidates: well above the 4000 boxes at which torchvision's batched_nms
+    # changes strategy on CPU; some (image, class) groups have no candidate at all
+    loc, conf, priors = random_inputs(41, batch=3, num_priors=300, num_classes=21)
+    conf[1, :, 5] = 0.0
+    conf[2, :, 7:12] = 0.005
+    candidates = (conf[..., 1:].topk(200, dim=1).values > 0.01).sum()
+    assert candidates > 4000
+    det = Detect(21, 0, 200, 0.01, 0.45, VAR)
+    batched = det(loc, conf, priors)
+    for i in range(3):
+        assert torch.equal(batched[i], det(loc[i:i + 1], conf[i:i + 1], priors)[0])
+    assert (batched[1, 5] == 0).all() and (batched[2, 7:12] == 0).all()
+    assert (batched[0, 1:, 0, 0] > 0).all()
+    # NMS in chunks of a few groups (as on CPU for large batches) gives the same result as one chunk
+    monkeypatch.setattr(detection, "_CPU_PAIRS_PER_CHUNK", 3 * 200 * 200 + 1)
+    assert torch.equal(det(loc, conf, priors), batched)
+    monkeypatch.setattr(detection, "_CPU_PAIRS_PER_CHUNK", 1 << 30)
+    assert torch.equal(det(loc, conf, priors), batched)
+    assert_same_detections(batched[:1], brute_force_detect(loc[:1], conf[:1], priors))
+
+
+def test_scores_exactly_at_conf_thresh_are_excluded_and_suppress_nothing():
+    # three identical boxes; conf_thresh 0.25 is exact in float32
+    priors = torch.tensor([[0.5, 0.5, 0.2, 0.2]] * 3)
+    loc = torch.zeros(1, 3, 4)
+    above = torch.nextafter(torch.tensor(0.25), torch.tensor(1.0)).item()
+    conf = torch.tensor([[[0.0, 0.25, 0.25], [0.0, 0.25, above], [0.0, 0.1, 0.25]]])
+    out = Detect(3, 0, 5, 0.25, 0.45, VAR)(loc, conf, priors)
+    assert (out[0, 1] == 0).all()                       # only scores == conf_thresh: nothing
+    assert out[0, 2, 0, 0].item() == above and (out[0, 2, 1:] == 0).all()
+    # an invalid box ahead of a valid one (possible in greedy_nms's general input) does not suppress it
+    boxes = torch.tensor([[[0.0, 0.0, 1.0, 1.0]] * 3])
+    keep = greedy_nms(boxes, torch.tensor([[False, True, True]]), 0.45)
+    assert keep.tolist() == [[False, True, False]]
+
+
+def plain_greedy(boxes, valid, thresh):
+    kept = []
+    for i in range(len(boxes)):
+        if valid[i] and all(plain_iou(boxes[j], boxes[i]) <= thresh for j in kept):
+            kept.append(i)
+    return [i in kept for i in range(len(boxes))]
+
+
+def test_greedy_nms_equals_sequential_greedy_per_group():
+    g = torch.Generator().manual_seed(5)
+    xy = torch.rand(40, 60, 2, generator=g) * 0.3
+    wh = 0.05 + 0.2 * torch.rand(40, 60, 2, generator=g)
+    boxes = torch.cat([xy, xy + wh], dim=2)
+    valid = torch.rand(40, 60, generator=g) > 0.2
+    keep = greedy_nms(boxes, valid, 0.45)
+    assert keep.shape == (40, 60) and keep.dtype == torch.bool
+    expected = [plain_greedy(b, v, 0.45) for b, v in zip(boxes.tolist(), valid.tolist())]
+    assert keep.tolist() == expected
+    assert 0 < keep.sum() < valid.sum()
