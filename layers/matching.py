@@ -10,17 +10,28 @@ from layers.box_utils import encode, point_form
 
 
 def pad_targets(targets: Sequence[torch.Tensor], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Stack variable-length targets ``[n_i, 5]`` (relative xyxy + 0-based label) into ``[B, N, 5]`` + mask ``[B, N]``."""
+    """Stack variable-length targets ``[n_i, 5]`` (relative xyxy + 0-based label) into ``[B, N, 5]`` + mask ``[B, N]``.
+
+    ``N = max(1, max n_i)``; padding rows are zero and False in the mask. The result is on ``device`` in the
+    default float dtype. Targets usually come from the DataLoader on the CPU: the batch is assembled where the
+    targets live and sent to ``device`` in ONE copy (pinned + non-blocking for CUDA), with the mask packed in
+    as a sixth column. Copying image by image would synchronise with the host once per image on CUDA.
+    """
+    device = torch.device(device)
     batch = len(targets)
     n_max = max((int(t.shape[0]) for t in targets), default=0)
-    padded = torch.zeros(batch, max(n_max, 1), 5, device=device)
-    mask = torch.zeros(batch, max(n_max, 1), dtype=torch.bool, device=device)
-    for b, t in enumerate(targets):  # copies only; all arithmetic below is batched
+    devices = {t.device for t in targets}
+    # build where the targets are (no per-image transfers); mixed devices are gathered on the CPU
+    src = devices.pop() if len(devices) == 1 else torch.device("cpu")
+    pin = src.type == "cpu" and device.type == "cuda"
+    packed = torch.zeros(batch, max(n_max, 1), 6, device=src, pin_memory=pin)  # (x1, y1, x2, y2, label, valid)
+    for b, t in enumerate(targets):  # copies within ``src`` memory; all arithmetic downstream is batched
         n = int(t.shape[0])
         if n:
-            padded[b, :n] = t.to(device=device, dtype=padded.dtype)
-            mask[b, :n] = True
-    return padded, mask
+            packed[b, :n, :5] = t.to(src)
+            packed[b, :n, 5] = 1.0
+    packed = packed.to(device, non_blocking=True)
+    return packed[..., :5].contiguous(), packed[..., 5] != 0
 
 
 def match(truths: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, priors: torch.Tensor,

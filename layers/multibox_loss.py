@@ -45,12 +45,22 @@ class MultiBoxLoss(nn.Module):
 
     def loss_from_targets(self, loc_p: torch.Tensor, conf_p: torch.Tensor, loc_t: torch.Tensor,
                           conf_t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Loss given matched targets ``loc_t [B, P, 4]`` and ``conf_t [B, P]``."""
+        """Loss given matched targets ``loc_t [B, P, 4]`` and ``conf_t [B, P]``.
+
+        Positives and mined negatives are selected with masks (``torch.where``), not boolean indexing: indexing
+        needs the number of selected priors on the host (a ``nonzero``, i.e. a device sync every step), masks
+        keep every shape static. ``where`` rather than multiplication, so that values at unselected priors
+        (never used) cannot leak inf/NaN into the sums or the gradients.
+        """
         batch, num_priors, num_classes = conf_p.shape
         pos = conf_t > 0                                   # [B, P]
         num_pos = pos.sum(dim=1, keepdim=True)             # [B, 1]
 
-        loss_l = F.smooth_l1_loss(loc_p[pos].float(), loc_t[pos], reduction="sum")
+        # unselected priors get prediction = target = 0: their loss and gradient are exactly 0
+        pos4 = pos.unsqueeze(-1)
+        loc_p = torch.where(pos4, loc_p.float(), 0.0)
+        loc_t = torch.where(pos4, loc_t.float(), 0.0)
+        loss_l = F.smooth_l1_loss(loc_p, loc_t, reduction="sum")
 
         # per-prior softmax loss (equal to ssd.pytorch's log_sum_exp(conf) - conf[target]), fp32 for stability
         ce = F.cross_entropy(conf_p.reshape(-1, num_classes).float(), conf_t.reshape(-1),
@@ -61,7 +71,7 @@ class MultiBoxLoss(nn.Module):
             _, rank = order.sort(dim=1)                    # rank of each prior by mining loss
             num_neg = torch.clamp(self.negpos_ratio * num_pos, max=num_priors - 1)
             neg = rank < num_neg                           # [B, P]
-        loss_c = ce[pos | neg].sum()
+        loss_c = torch.where(pos | neg, ce, 0.0).sum()
 
         n = num_pos.sum().clamp(min=1).to(loss_l.dtype)
         return loss_l / n, loss_c / n

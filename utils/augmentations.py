@@ -505,7 +505,8 @@ def normalize_uint8_batch(x: torch.Tensor, mean: Sequence[float] = MEANS) -> tor
         raise ValueError(f"expected a [B, S, S, 3] batch, got {tuple(x.shape)}")
     y = torch.empty((x.shape[0], 3, x.shape[1], x.shape[2]), dtype=torch.float32, device=x.device)
     y.copy_(x.permute(0, 3, 1, 2))
-    y -= torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    for c, m in enumerate(mean):  # Python scalars: no host-to-device copy (that would sync per batch on CUDA)
+        y[:, c].sub_(float(m))
     return y
 
 

@@ -31,21 +31,28 @@ class Detections:
 
 def detections_to_pixels(out: torch.Tensor, image_sizes: Sequence[Tuple[int, int]],
                          score_threshold: float = 0.0) -> List[Detections]:
-    """``[B, C, K, 5]`` relative detections → one :class:`Detections` per image (one device→host copy)."""
-    scores = out[..., 0]
-    b, c, _ = (scores > score_threshold).nonzero(as_tuple=True)
-    rows = out[scores > score_threshold]                              # [M, 5], same order as (b, c)
-    sizes = torch.as_tensor(image_sizes, dtype=torch.float32, device=out.device).view(-1, 2)  # (h, w)
-    scale = sizes[:, [1, 0, 1, 0]]                                     # (w, h, w, h)
+    """``[B, C, K, 5]`` relative detections → one :class:`Detections` per image.
+
+    One host sync per batch, however many images: the ``nonzero`` that sizes the kept rows (unavoidable, the
+    count is data-dependent), then a single device→host copy of ``(b, label, score, box)`` rows packed in one
+    float tensor. Scaling to pixels happens on the host, so the image sizes never travel to the device.
+    """
+    batch = out.shape[0]
+    b, c, k = (out[..., 0] > score_threshold).nonzero(as_tuple=True)  # row-major: grouped by image
+    rows = out[b, c, k]                                                # [M, 5]
+    # exact for b and c (< 2**24); fp16/bf16/fp32 rows go to fp32 exactly, fp64 stays fp64
+    dtype = torch.promote_types(out.dtype, torch.float32)
     # clip to the image: Detect (like ssd.pytorch) leaves decoded boxes unclipped
-    boxes = torch.minimum(rows[:, 1:].clamp(min=0), torch.ones(1, device=out.device)) * scale[b]
-    b, c, s, boxes = (t.cpu() for t in (b, c, rows[:, 0], boxes))
-    counts = torch.bincount(b, minlength=out.shape[0]).tolist()
-    result = []
-    for bx, sc, lb in zip(boxes.split(counts), s.split(counts), c.split(counts)):
-        result.append(Detections(bx.numpy().astype(np.float32), sc.numpy().astype(np.float32),
-                                 lb.numpy().astype(np.int64)))
-    return result
+    packed = torch.cat([b.unsqueeze(1).to(dtype), c.unsqueeze(1).to(dtype), rows[:, :1].to(dtype),
+                        rows[:, 1:].clamp(min=0, max=1).to(dtype)], dim=1).cpu().numpy()  # [M, 7]
+    sizes = np.asarray(image_sizes, dtype=packed.dtype).reshape(-1, 2)          # (h, w)
+    img = packed[:, 0].astype(np.int64)
+    boxes = (packed[:, 3:] * sizes[img][:, [1, 0, 1, 0]]).astype(np.float32)   # (w, h, w, h)
+    scores = packed[:, 2].astype(np.float32)
+    labels = packed[:, 1].astype(np.int64)
+    ends = np.cumsum(np.bincount(img, minlength=batch))
+    starts = np.concatenate([[0], ends[:-1]])
+    return [Detections(boxes[s:e], scores[s:e], labels[s:e]) for s, e in zip(starts.tolist(), ends.tolist())]
 
 
 class Predictor:
@@ -158,8 +165,20 @@ class Predictor:
         return detections_to_pixels(self.run(x), image_sizes, self.score_threshold)
 
     def predict(self, images: Sequence[np.ndarray]) -> List[Detections]:
-        """RGB uint8 frames (any sizes) → detections in pixels of each frame."""
+        """RGB uint8 frames (any sizes) → detections in pixels of each frame.
+
+        Same numbers as ``predict_batch(preprocess(images), sizes)``, but only the resize runs on the CPU: the
+        batch travels to ``self.device`` as uint8 (4x fewer bytes than float32; from pinned memory, without
+        blocking, on CUDA) and is converted and mean-subtracted there.
+        """
+        from utils.augmentations import normalize_uint8_batch, resize_batch_uint8
         if len(images) == 0:
             return []
+        images = list(images)
         sizes = [(int(im.shape[0]), int(im.shape[1])) for im in images]
-        return self.predict_batch(self.preprocess(images), sizes)
+        device = torch.device(self.device)
+        frames = torch.empty((len(images), self.size, self.size, 3), dtype=torch.uint8,
+                             pin_memory=device.type == "cuda")
+        resize_batch_uint8(images, self.size, out=frames.numpy())  # resized straight into the (pinned) buffer
+        x = normalize_uint8_batch(frames.to(device, non_blocking=True))
+        return self.predict_batch(x, sizes)
