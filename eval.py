@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="set_name", default=None,
                    help="image set: VOC/custom split name (default test), COCO instances_<set>.json (default "
                         "minival2014)")
-    p.add_argument("--size", type=int, choices=(300, 512), default=None,
+    p.add_argument("--size", type=int, choices=(200, 300, 512), default=None,
                    help="input size (default: the checkpoint's)")
     p.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
     p.add_argument("--num_workers", type=int, default=2, help="image loading processes")

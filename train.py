@@ -46,7 +46,7 @@ DEFAULTS: Dict[str, Any] = {
     "grad_clip": 0.0, "augment": "ssd", "amp": False, "channels_last": "auto", "seed": 0, "log_every": 10,
     "save_every": 5000, "eval_every": 0, "eval_split": None, "eval_metric": "voc07", "eval_batch_size": 16,
     "time_budget": None, "max_nonfinite": 5, "threads": None, "sync_bn": False, "preset": None,
-    "tensorboard": True, "freeze": "auto",
+    "tensorboard": True, "freeze": "auto", "background_prior": 0.0,
 }
 
 # The small-compute setting for CPUs (docs: measured in /work/shared/reference/cpu-training.md): a quarter-width
@@ -55,7 +55,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
     "cpu-demo": {
         "width": 0.25, "batch_norm": True, "optimizer": "adamw", "lr": 2e-3, "weight_decay": 5e-4, "warmup": 50,
         "warmup_factor": 0.001, "lr_schedule": "cosine", "grad_clip": 10.0, "augment": "flip", "amp": "auto",
-        "channels_last": True, "batch_size": 32, "basenet": "none", "max_iter": 1500,
+        "channels_last": True, "batch_size": 32, "basenet": "none", "max_iter": 1500, "background_prior": 0.99,
     },
 }
 
@@ -64,6 +64,7 @@ RUN_SETTINGS: Tuple[str, ...] = (
     "dataset", "dataset_root", "train_split", "year", "keep_difficult", "size", "width", "batch_norm",
     "batch_size", "lr", "momentum", "weight_decay", "gamma", "max_iter", "lr_steps", "warmup", "warmup_factor",
     "lr_schedule", "optimizer", "grad_clip", "augment", "amp", "channels_last", "seed", "preset", "freeze",
+    "background_prior",
 )
 
 CSV_FIELDS = ("iteration", "loss", "loss_l", "loss_c", "lr", "images_per_s", "skipped", "elapsed_s")
@@ -113,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_workers", type=int, default=None, help="data loading processes (default 4)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--size", type=int, choices=(300, 512), default=None, help="input size: 300 (default) or 512")
+    g.add_argument("--size", type=int, choices=(200, 300, 512), default=None, help="input size: 300 (default), 512, or 200 (lighter, for CPU demos)")
     g.add_argument("--width", type=float, default=None,
                    help="channel multiplier of VGG and extras (default 1.0 = the paper; 0.25 for CPU demos)")
     g.add_argument("--batch_norm", action=argparse.BooleanOptionalAction, default=None,
@@ -148,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup_factor", type=float, default=None,
                    help="LR multiplier at the first warm-up iteration (default 1/3)")
     g.add_argument("--grad_clip", type=float, default=None, help="clip the gradient norm to this (default 0 = off)")
+    g.add_argument("--background_prior", type=float, default=None, metavar="P",
+                   help="start the confidence heads at P(background) = P for every prior (e.g. 0.99; cpu-demo "
+                        "preset) instead of ssd.pytorch's zero bias (default 0 = off); fresh heads only")
     g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision: bf16 autocast (CPUs, recent GPUs) or fp16 with loss scaling")
     g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
@@ -268,6 +272,8 @@ def validate(s: argparse.Namespace) -> None:
             usage(f"--{flag} must be 0 or more, got {getattr(s, flag)}")
     if s.grad_clip < 0:
         usage(f"--grad_clip must be 0 (off) or positive, got {s.grad_clip}")
+    if not 0.0 <= s.background_prior < 1.0:
+        usage(f"--background_prior must be in [0, 1) (0 = off), got {s.background_prior}")
     if s.time_budget is not None and not s.time_budget > 0:
         usage(f"--time_budget must be a positive number of seconds, got {s.time_budget}")
     if s.threads is not None and s.threads < 1:
@@ -446,6 +452,8 @@ def train(s: argparse.Namespace, explicit: Set[str], device: torch.device, dist,
     prior_config = "COCO" if s.dataset == "COCO" else "VOC"
     model = build_ssd("train", s.size, num_classes, cfg=get_config(prior_config, s.size), width=s.width,
                       batch_norm=s.batch_norm)
+    if s.background_prior > 0:  # any checkpoint loaded below overwrites these biases
+        model.init_background_prior(s.background_prior)
     start_iter = 0
     pretrained = False  # ImageNet / detection weights loaded into a fresh run (decides --freeze auto)
     ckpt = resume.checkpoint if resume is not None else None

@@ -107,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--size", type=int, choices=(300, 512), default=300)
+    parser.add_argument("--size", type=int, choices=(200, 300, 512), default=300)
     parser.add_argument("--background-bias", type=float, default=0.0,
                         help="added to the background logit (e.g. 8 to imitate a trained model's few candidates)")
     parser.add_argument("--threads", type=int, default=None, help="threads for both engines (default: torch's)")

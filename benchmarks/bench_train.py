@@ -223,7 +223,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--configs", nargs="+", choices=CONFIGS,
                    default=["baseline", "fp32-cl", "fp32-cl-frozen", "amp-cl", "amp-cl-frozen"])
     p.add_argument("--batch_size", type=int, default=8)
-    p.add_argument("--size", type=int, choices=(300, 512), default=300)
+    p.add_argument("--size", type=int, choices=(200, 300, 512), default=300)
     p.add_argument("--num_classes", type=int, default=21)
     p.add_argument("--width", type=float, default=1.0, help="1.0 = the faithful VGG-16 SSD")
     p.add_argument("--batch_norm", action="store_true")

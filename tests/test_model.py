@@ -102,9 +102,36 @@ def test_feature_map_sizes(small):
         feats = small.features(torch.randn(2, 3, 300, 300))
     assert [f.shape[-1] for f in feats] == [38, 19, 10, 5, 3, 1]
     assert [f.shape[1] for f in feats] == [64, 128, 64, 32, 32, 32]   # width 0.125 channels
-    # conv4_3 is L2-normalised: per-location channel norm equals the scale (20) wherever it is non-zero
+    # conv4_3 is L2-normalised: per-location channel norm equals the scale wherever it is non-zero; the scale is
+    # 20 at 512 channels and keeps the per-channel magnitude 20/sqrt(512) at other widths (64 channels here)
     norms = feats[0].pow(2).sum(1).sqrt()
-    assert torch.allclose(norms[norms > 0], torch.full_like(norms[norms > 0], 20.0), rtol=1e-4)
+    scale = 20.0 * (64 / 512) ** 0.5
+    assert torch.allclose(norms[norms > 0], torch.full_like(norms[norms > 0], scale), rtol=1e-4)
+
+
+def test_l2norm_starts_at_the_paper_scale_for_the_faithful_model():
+    model = build_ssd("train", 300, 21)
+    assert torch.equal(model.L2Norm.weight, torch.full((512,), 20.0))
+
+
+def test_background_prior_init_makes_every_prior_start_as_background():
+    model = build_ssd("train", 300, 4, width=0.125, batch_norm=True).eval()
+    model.init_background_prior(0.99)
+    for head in model.conf:
+        b = head.bias.view(-1, 4)
+        probs = torch.softmax(b, dim=1)
+        assert torch.allclose(probs[:, 0], torch.full_like(probs[:, 0], 0.99))
+    with pytest.raises(ValueError):
+        model.init_background_prior(1.0)
+
+
+def test_ssd200_has_five_sources_and_3920_priors():
+    model = build_ssd("train", 200, 6, width=0.125, batch_norm=True)
+    with torch.no_grad():
+        feats = model.features(torch.randn(2, 3, 200, 200))
+        loc, conf, priors = model(torch.randn(2, 3, 200, 200))
+    assert [f.shape[-1] for f in feats] == [25, 13, 7, 4, 2]
+    assert priors.shape == (3920, 4) and loc.shape == (2, 3920, 4) and conf.shape == (2, 3920, 6)
 
 
 def test_head_outputs_in_row_col_anchor_order(small):

@@ -36,6 +36,9 @@ What differs from ssd.pytorch (deliberately):
 """
 from __future__ import annotations
 
+import concurrent.futures
+import functools
+import os
 from typing import Callable, Optional, Sequence, Tuple
 
 import cv2
@@ -485,15 +488,36 @@ def resize_batch_uint8(images: Sequence[np.ndarray], size: int,
     b = len(images)
     if out is None or out.shape != (b, size, size, 3) or out.dtype != np.uint8:
         out = np.empty((b, size, size, 3), np.uint8)
-    for i, im in enumerate(images):
+    for im in images:
         _check_rgb_uint8(im)
         if im.dtype != np.uint8:
             raise ValueError(f"expected uint8 frames, got {im.dtype}")
+
+    def one(i: int) -> None:
+        im = images[i]
         if im.shape[0] == size and im.shape[1] == size:
             out[i] = im
         else:
             cv2.resize(im, (size, size), dst=out[i], interpolation=cv2.INTER_LINEAR)
+
+    # cv2 releases the GIL: large batches are resized by a thread pool (on a GPU the CPU resize of batch 64
+    # would otherwise take longer than the network)
+    if b >= _PARALLEL_RESIZE_MIN and _resize_pool() is not None:
+        list(_resize_pool().map(one, range(b)))
+    else:
+        for i in range(b):
+            one(i)
     return out
+
+
+_PARALLEL_RESIZE_MIN = 16
+
+
+@functools.lru_cache(maxsize=1)
+def _resize_pool() -> Optional[concurrent.futures.ThreadPoolExecutor]:
+    """A process-wide pool for :func:`resize_batch_uint8`, created on first use (None on <= 2 CPUs)."""
+    workers = min(8, (os.cpu_count() or 1))
+    return concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="resize") if workers > 2 else None
 
 
 def normalize_uint8_batch(x: torch.Tensor, mean: Sequence[float] = MEANS) -> torch.Tensor:

@@ -362,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="checkpoint (.pth): ssd.pytorch weights or a training checkpoint")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
     p.add_argument("-o", "--output", required=True, help="file to write (.onnx / .pt)")
-    p.add_argument("--size", type=int, choices=(300, 512), default=None,
+    p.add_argument("--size", type=int, choices=(200, 300, 512), default=None,
                    help="input size; must match the checkpoint (default: read from it)")
     p.add_argument("--batch", type=_parse_batch, default=None, metavar="dynamic|N",
                    help="batch size of the exported graph (default: dynamic)")
