@@ -46,7 +46,7 @@ DEFAULTS: Dict[str, Any] = {
     "grad_clip": 0.0, "augment": "ssd", "amp": False, "channels_last": "auto", "seed": 0, "log_every": 10,
     "save_every": 5000, "eval_every": 0, "eval_split": None, "eval_metric": "voc07", "eval_batch_size": 16,
     "time_budget": None, "max_nonfinite": 5, "threads": None, "sync_bn": False, "preset": None,
-    "tensorboard": True, "freeze": "auto", "background_prior": 0.0,
+    "tensorboard": True, "freeze": "auto", "background_prior": 0.0, "prior_scales": "auto",
 }
 
 # The small-compute setting for CPUs (docs: measured in /work/shared/reference/cpu-training.md): a quarter-width
@@ -64,7 +64,7 @@ RUN_SETTINGS: Tuple[str, ...] = (
     "dataset", "dataset_root", "train_split", "year", "keep_difficult", "size", "width", "batch_norm",
     "batch_size", "lr", "momentum", "weight_decay", "gamma", "max_iter", "lr_steps", "warmup", "warmup_factor",
     "lr_schedule", "optimizer", "grad_clip", "augment", "amp", "channels_last", "seed", "preset", "freeze",
-    "background_prior",
+    "background_prior", "prior_scales",
 )
 
 CSV_FIELDS = ("iteration", "loss", "loss_l", "loss_c", "lr", "images_per_s", "skipped", "elapsed_s")
@@ -114,7 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num_workers", type=int, default=None, help="data loading processes (default 4)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--size", type=int, choices=(200, 300, 512), default=None, help="input size: 300 (default), 512, or 200 (lighter, for CPU demos)")
+    g.add_argument("--size", type=int, choices=(200, 300, 512), default=None,
+                   help="input size: 300 (default), 512, or 200 (lighter, for CPU demos)")
+    g.add_argument("--prior_scales", choices=("auto", "voc", "coco"), default=None,
+                   help="default-box sizes: voc (smallest 0.1 of the image, the paper's VOC setting), coco (smallest "
+                        "0.07, the paper's COCO setting: better for small objects); auto (default) = coco for "
+                        "--dataset COCO, else voc")
     g.add_argument("--width", type=float, default=None,
                    help="channel multiplier of VGG and extras (default 1.0 = the paper; 0.25 for CPU demos)")
     g.add_argument("--batch_norm", action=argparse.BooleanOptionalAction, default=None,
@@ -200,6 +205,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
     ns = build_parser().parse_args(argv)
     explicit = {k for k, v in vars(ns).items() if v is not None}
     return ns, explicit
+
+
+def _prior_config(s: Any) -> str:
+    """Name of the prior-box config (data.config) for these settings: ``VOC`` or ``COCO`` scales."""
+    scales = (s.prior_scales or "auto").lower()
+    if scales == "auto":
+        return "COCO" if s.dataset == "COCO" else "VOC"
+    return scales.upper()
 
 
 def resolve_settings(ns: argparse.Namespace, explicit: Set[str], ckpt_config: Optional[Mapping[str, Any]],
@@ -449,7 +462,7 @@ def train(s: argparse.Namespace, explicit: Set[str], device: torch.device, dist,
         eval_dataset = _build_eval_dataset(s, build_dataset)
 
     # ---- model
-    prior_config = "COCO" if s.dataset == "COCO" else "VOC"
+    prior_config = _prior_config(s)
     model = build_ssd("train", s.size, num_classes, cfg=get_config(prior_config, s.size), width=s.width,
                       batch_norm=s.batch_norm)
     if s.background_prior > 0:  # any checkpoint loaded below overwrites these biases
@@ -757,7 +770,7 @@ def _evaluate(s, model: nn.Module, class_names: List[str], device: torch.device,
     from utils.evaluation import evaluate_model
     from utils.inference import Predictor
 
-    prior_config = "COCO" if s.dataset == "COCO" else "VOC"
+    prior_config = _prior_config(s)
     test_model = build_ssd("test", s.size, len(class_names) + 1, cfg=get_config(prior_config, s.size),
                            width=s.width, batch_norm=s.batch_norm)
     test_model.load_state_dict(model.state_dict())

@@ -208,7 +208,7 @@ def test_preset_sets_the_cpu_configuration_and_explicit_flags_override():
     s = train.resolve_settings(ns, explicit, None, True)
     assert (s.width, s.batch_norm, s.optimizer, s.lr_schedule, s.warmup, s.grad_clip, s.augment) == \
         (0.25, True, "adamw", "cosine", 50, 10.0, "flip")
-    assert s.channels_last and s.batch_size == 32 and s.basenet == "none"
+    assert s.channels_last and s.batch_size == 32 and s.basenet == "none" and s.background_prior == 0.99
     assert s.lr == 1e-3 and s.amp is False and s.lr_steps == [10, 20]  # explicit wins
     ns, explicit = train.parse_args(["--dataset", "custom", "--dataset_root", "x", "--preset", "cpu-demo"])
     assert train.resolve_settings(ns, explicit, None, True).amp is True
@@ -221,6 +221,7 @@ def test_preset_sets_the_cpu_configuration_and_explicit_flags_override():
     (["--max_iter", "0"], 2, "--max_iter must be at least 1"),
     (["--optimizer", "adam"], 2, "invalid choice"),
     (["--no_such_flag"], 2, "unrecognized arguments"),
+    (["--background_prior", "1"], 2, "--background_prior must be in"),
 ])
 def test_usage_errors_are_one_line_with_status_2(data_root, tmp_path, argv, code, pattern):
     with pytest.raises(UserError, match=pattern) as exc:
@@ -413,6 +414,25 @@ def test_cpu_demo_preset_runs_with_amp_and_channels_last(data_root, tmp_path):
     cfg = ckpt["config"]
     assert cfg["optimizer"] == "adamw" and cfg["lr_schedule"] == "cosine" and cfg["batch_norm"] and cfg["amp"]
     assert all(v.is_contiguous() for v in ckpt["model"].values())  # channels_last does not leak into the file
+
+
+def test_prior_scales_choose_the_prior_config_and_auto_follows_the_dataset():
+    for argv, expected in ((["--dataset", "custom"], "VOC"), (["--dataset", "COCO"], "COCO"),
+                           (["--dataset", "custom", "--prior_scales", "coco"], "COCO"),
+                           (["--dataset", "COCO", "--prior_scales", "voc"], "VOC")):
+        ns, explicit = train.parse_args(argv + ["--dataset_root", "x"])
+        assert train._prior_config(train.resolve_settings(ns, explicit, None, True)) == expected
+
+
+def test_background_prior_sets_the_fresh_heads_and_a_resume_keeps_the_trained_ones(data_root, tmp_path):
+    ns, explicit = train.parse_args(["--dataset", "custom", "--dataset_root", "x"])
+    assert train.resolve_settings(ns, explicit, None, True).background_prior == 0.0  # ssd.pytorch's zero bias
+    run = run_train(tiny(data_root, tmp_path / "w", "--background_prior", "0.99", "--max_iter", 1, "--lr", "1e-12"),
+                    str(tmp_path / "logs"))
+    assert run.process.exitcode == 0, run.stderr
+    state = read_checkpoint(str(tmp_path / "w" / "ssd300_custom_final.pth"))["model"]
+    bias = state["conf.0.bias"].view(-1, 3)                      # 2 classes + background, lr ~0: still the init
+    assert torch.allclose(torch.softmax(bias, 1)[:, 0], torch.full((bias.shape[0],), 0.99), atol=1e-4)
 
 
 def test_two_process_gloo_matches_one_process_with_the_global_batch(data_root, tmp_path):
