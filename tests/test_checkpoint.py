@@ -194,3 +194,19 @@ def test_widths_whose_channels_are_not_multiples_of_64ths_load(tmp_path, width, 
     ckpt = tmp_path / "ckpt.pth"
     save_checkpoint({"model": net.state_dict(), "config": model_config(net, "VOC")}, str(ckpt))
     assert load_model(str(ckpt), "train")[0].width == width         # the stored width is used as is
+
+
+def test_ssd200_checkpoint_loads_as_ssd200_and_detects(tmp_path):
+    net = build_ssd("train", 200, 3, width=0.125, batch_norm=True)
+    path = tmp_path / "ssd200.pth"
+    save_checkpoint({"model": net.state_dict(), "config": model_config(net, "VOC"), "class_names": ["a", "b"]},
+                    str(path))
+    loaded, meta = load_model(str(path), "test")
+    assert loaded.size == 200 and meta["arch"]["size"] == 200 and loaded.priors.shape == (3920, 4)
+    bare = tmp_path / "bare.pth"
+    torch.save(net.state_dict(), bare)                               # no config: size from the 5 heads
+    assert load_model(str(bare), "test")[0].size == 200
+    from utils.inference import Predictor
+    import numpy as np
+    dets = Predictor.from_checkpoint(str(path)).predict([np.zeros((90, 120, 3), np.uint8)])
+    assert len(dets) == 1

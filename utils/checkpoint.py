@@ -76,9 +76,9 @@ def infer_architecture(state: Mapping[str, torch.Tensor], path: str = "<checkpoi
     if "conf.0.weight" not in state or "loc.0.weight" not in state or "vgg.0.weight" not in state:
         raise UserError(f"{path} is not an SSD checkpoint (no vgg.0 / loc.0 / conf.0 weights)")
     heads = len({k.split(".")[1] for k in state if k.startswith("loc.")})
-    size = {6: 300, 7: 512}.get(heads)
+    size = {5: 200, 6: 300, 7: 512}.get(heads)
     if size is None:
-        raise UserError(f"{path} has {heads} detection heads; SSD300 has 6 and SSD512 has 7")
+        raise UserError(f"{path} has {heads} detection heads; SSD300 has 6, SSD512 7 and SSD200 5")
     anchors0 = state["loc.0.weight"].shape[0] // 4
     num_classes = state["conf.0.weight"].shape[0] // anchors0
     width = _infer_width(state)
