@@ -8,7 +8,7 @@ bash scripts/setup_env.sh
 PY=.venv/bin/python
 OUT=${OUT:-quickstart_out}
 NUM=${NUM:-4000}            # synthetic images (80% train / 5% val / 15% test)
-ITERS=${ITERS:-480}         # training iterations of the cpu-demo preset (batch 32); ~13 min on 2 cores
+ITERS=${ITERS:-860}         # training iterations of the cpu-demo preset (batch 16); ~12.5 min on 2 cores
 mkdir -p "$OUT"
 start=$(date +%s)
 run() { echo; echo "\$ $*"; "$@"; }

@@ -208,7 +208,7 @@ def test_preset_sets_the_cpu_configuration_and_explicit_flags_override():
     s = train.resolve_settings(ns, explicit, None, True)
     assert (s.width, s.batch_norm, s.optimizer, s.lr_schedule, s.warmup, s.grad_clip, s.augment) == \
         (0.25, True, "adamw", "cosine", 50, 10.0, "flip")
-    assert s.channels_last and s.batch_size == 32 and s.basenet == "none" and s.background_prior == 0.99
+    assert s.channels_last and s.batch_size == 16 and s.basenet == "none" and s.background_prior == 0.99
     assert s.lr == 1e-3 and s.amp is False and s.lr_steps == [10, 20]  # explicit wins
     ns, explicit = train.parse_args(["--dataset", "custom", "--dataset_root", "x", "--preset", "cpu-demo"])
     assert train.resolve_settings(ns, explicit, None, True).amp is True
