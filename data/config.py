@@ -76,7 +76,7 @@ coco512: Dict[str, Any] = {
 }
 
 # SSD200: a lighter input for CPU demos (not in the paper). VGG-16 with ceil-mode pooling gives source maps
-# 25, 13 (conv7), 7, 4, 2 — five sources, 3920 priors — and 2.2x SSD300's training throughput on a CPU. The
+# 25, 13 (conv7), 7, 4, 2 — five sources, 3920 priors — at (200/300)^2 = 0.44 of SSD300's FLOPs. The
 # smallest prior is 0.07 of the image (SSD512's conv4_3 scale), since objects shrink with the input.
 voc200: Dict[str, Any] = {
     "num_classes": 21,
