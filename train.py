@@ -98,7 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
                 epilog="Multi-GPU: torchrun --nproc_per_node N train.py ... (--batch_size is per process; with N "
                        "processes the global batch is N x --batch_size, so scale --lr by N for SGD, or keep the "
                        "global batch at 32 with --batch_size 32/N).")
-    a = p.add_argument
     g = p.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, default=None, help="VOC (default), COCO or custom")
     g.add_argument("--dataset_root", default=None,

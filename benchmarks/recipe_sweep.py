@@ -33,7 +33,6 @@ def run(name, cfg):
     torch.manual_seed(cfg['seed'])
     ds = build_dataset('custom', root, 'train', SSDAugmentation(cfg['size'], MEANS, mode='flip'))
     test = build_dataset('custom', root, 'test')
-    nc = ds.num_classes + 1 if hasattr(ds, 'num_classes') else 6
     nc = len(ds.class_names) + 1
     net = build_ssd('train', cfg['size'], nc, width=cfg['width'], batch_norm=True)
     if not cfg['l2']:
