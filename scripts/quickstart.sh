@@ -8,7 +8,8 @@ bash scripts/setup_env.sh
 PY=.venv/bin/python
 OUT=${OUT:-quickstart_out}
 NUM=${NUM:-4000}            # synthetic images (80% train / 5% val / 15% test)
-ITERS=${ITERS:-860}         # training iterations of the cpu-demo preset (batch 16); ~12.5 min on 2 cores
+ITERS=${ITERS:-1000}        # training iterations of the cpu-demo preset (batch 16); ~13 min on 2 cores
+BUDGET=${BUDGET:-780}       # seconds: training stops (and saves) here on a slower machine, keeping the job < 15 min
 mkdir -p "$OUT"
 start=$(date +%s)
 run() { echo; echo "\$ $*"; "$@"; }
@@ -17,7 +18,7 @@ run $PY -m data.synthetic --out "$OUT/data" --num "$NUM" --seed 0 \
     --video "$OUT/synthetic.mp4" --frames 240 --fps 24 --width 480 --height 360 --audio
 
 run $PY train.py --dataset custom --dataset_root "$OUT/data" --preset cpu-demo --basenet none \
-    --max_iter "$ITERS" --save_folder "$OUT/weights" --num_workers 0 --seed 0 --log_every 20
+    --max_iter "$ITERS" --time_budget "$BUDGET" --save_folder "$OUT/weights" --num_workers 0 --seed 0 --log_every 20
 CKPT="$OUT/weights/ssd300_custom_final.pth"
 
 run $PY eval.py --dataset custom --dataset_root "$OUT/data" --set test --trained_model "$CKPT" \
