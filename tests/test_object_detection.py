@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import object_detection as od
-from tests.test_video import _truncated, audio_codec, decode_all, ffmpeg, make_video, ramp_frames
+from tests.video_helpers import audio_codec, decode_all, ffmpeg, make_video, ramp_frames, truncated_video
 from utils.draw import DrawStyle, clamp_boxes, draw_detections, palette, text_color
 from utils.errors import UserError
 from utils.video import VideoReader, probe_video, read_image, write_image
@@ -92,7 +92,7 @@ def test_audio_is_copied_and_trimmed_or_dropped(tmp_path):
 
 
 def test_failure_mid_video_leaves_no_output(tmp_path):
-    src = _truncated(tmp_path, faststart=True)
+    src = truncated_video(tmp_path, faststart=True)
     out, js = tmp_path / "o" / "out.mp4", tmp_path / "o" / "out.json"
     os.makedirs(out.parent)
     with pytest.raises(UserError, match="truncated"):
@@ -252,7 +252,7 @@ def test_cli_bad_inputs_fail_with_one_clear_line(tmp_path):
     (work / "notes.mp4").write_text("not a video")
     ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=24", "-frames:v", "0", "-c:v", "libx264",
            str(work / "zero.avi"))
-    cut = _truncated(work, faststart=False)
+    cut = truncated_video(work, faststart=False)
     model = str(work / "model.pth")  # never loaded: every case below fails before the model is read
     open(model, "wb").write(b"x")
     locked = _unwritable_folder(tmp_path)
@@ -296,7 +296,7 @@ def test_cli_bad_models_and_decode_time_errors_fail_with_one_clear_line(tmp_path
     work = tmp_path / "work"
     work.mkdir()
     good = make_video(work / "good.mp4", ramp_frames(4, 48, 64))
-    cut = _truncated(work, faststart=True)  # readable header, data cut: found while decoding
+    cut = truncated_video(work, faststart=True)  # readable header, data cut: found while decoding
     before = sorted(os.listdir(work))
     model = str(bad_models / "good.pth")
     cases = [

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import threading
 import time
 from fractions import Fraction
@@ -12,43 +11,9 @@ import pytest
 
 from utils.errors import UserError
 from utils.video import (VideoReader, VideoWriter, crf_from_quality, list_images, probe_video, read_image,
-                         run_pipeline, video_pix_fmt, write_image, ffmpeg_exe)
+                         run_pipeline, write_image)
 
-
-def ffmpeg(*args: str) -> None:
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-v", "error", *args], check=True)
-
-
-def make_video(path, frames, fps="24", audio=None, extra=()):
-    """Encode RGB frames with the ffmpeg binary directly (independent of VideoWriter).
-
-    ``audio``: None, or an ffmpeg audio codec ("aac", "libmp3lame") for a 1 kHz sine track.
-    """
-    frames = np.asarray(frames, dtype=np.uint8)
-    n, h, w, _ = frames.shape
-    cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-v", "error", "-f", "rawvideo", "-pix_fmt", "rgb24",
-           "-s", f"{w}x{h}", "-r", fps, "-i", "-"]
-    if audio:
-        seconds = float(n / Fraction(fps))
-        cmd += ["-f", "lavfi", "-i", f"sine=frequency=1000:sample_rate=22050:duration={seconds:.3f}", "-c:a", audio]
-    cmd += ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "0", "-pix_fmt", video_pix_fmt(w, h), *extra, str(path)]
-    subprocess.run(cmd, input=frames.tobytes(), check=True)
-    return str(path)
-
-
-def ramp_frames(n, h, w):
-    """Frame i is uniformly grey at level 20 + 8 i: the frame's index can be read off any pixel."""
-    return np.stack([np.full((h, w, 3), 20 + 8 * i, np.uint8) for i in range(n)])
-
-
-def decode_all(path):
-    return np.stack(list(VideoReader(path)))
-
-
-def audio_codec(path):
-    text = subprocess.run([ffmpeg_exe(), "-hide_banner", "-i", str(path)], capture_output=True).stderr.decode()
-    lines = [ln for ln in text.splitlines() if "Audio:" in ln]
-    return lines[0].split("Audio:")[1].split()[0].strip(",") if lines else None
+from tests.video_helpers import audio_codec, decode_all, ffmpeg, make_video, ramp_frames, truncated_video
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,16 +114,6 @@ def test_quality_maps_to_crf():
 # --------------------------------------------------------------------------------------------
 # bad inputs: each raises a UserError naming the file
 
-def _truncated(tmp_path, faststart):
-    """A video cut in half: without faststart the index (moov) is lost; with it the data is."""
-    full = make_video(tmp_path / f"full{int(faststart)}.mp4", np.random.default_rng(0).integers(
-        0, 255, (24, 48, 64, 3), dtype=np.uint8), extra=("-movflags", "+faststart") if faststart else ())
-    data = open(full, "rb").read()
-    cut = tmp_path / f"cut{int(faststart)}.mp4"
-    cut.write_bytes(data[: len(data) // 2])
-    return str(cut)
-
-
 def test_bad_inputs_raise_one_clear_error_naming_the_file(tmp_path):
     (tmp_path / "empty.mp4").write_bytes(b"")
     (tmp_path / "notes.mp4").write_text("this is not a video\n")
@@ -172,8 +127,8 @@ def test_bad_inputs_raise_one_clear_error_naming_the_file(tmp_path):
         str(tmp_path / "missing.mp4"): "not found",
         str(tmp_path / "empty.mp4"): "empty",
         str(tmp_path / "notes.mp4"): "not a video",
-        _truncated(tmp_path, faststart=False): "truncated",
-        _truncated(tmp_path, faststart=True): "truncated",
+        truncated_video(tmp_path, faststart=False): "truncated",
+        truncated_video(tmp_path, faststart=True): "truncated",
         audio_only: "no video",
         no_stream: "no video",
         zero_frames: "zero frames",
@@ -188,7 +143,7 @@ def test_bad_inputs_raise_one_clear_error_naming_the_file(tmp_path):
 
 
 def test_truncated_video_stops_after_the_frames_it_could_decode(tmp_path):
-    reader = VideoReader(_truncated(tmp_path, faststart=True))
+    reader = VideoReader(truncated_video(tmp_path, faststart=True))
     got = []
     with pytest.raises(UserError, match=r"after \d+ of ~24 frames"):
         for frame in reader:
