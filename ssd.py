@@ -39,25 +39,41 @@ def _ch(c: int, width: float) -> int:
     return max(8, int(round(c * width)))
 
 
+STEMS = ("vgg", "s2")
+
+
 def vgg(cfg: Sequence[Union[int, str]], in_channels: int = 3, batch_norm: bool = False,
-        width: float = 1.0) -> Tuple[List[nn.Module], int]:
+        width: float = 1.0, stem: str = "vgg") -> Tuple[List[nn.Module], int]:
     """VGG-16 layers up to conv7 (fc7 as a conv). Returns ``(layers, index after conv4_3's ReLU)``.
 
     Without batch norm the list has 35 modules with convs at 0, 2, 5, ..., 31 (conv6, 3x3 dilation 6) and 33
     (conv7, 1x1), matching ssd.pytorch's ``vgg.N`` keys.
+
+    ``stem="s2"`` (CPU demos): conv1_1 is a 7x7 stride-2 conv and pool1 an ``nn.Identity`` — the same layers,
+    keys and output sizes from conv1_2 on, but conv1_2 runs at half resolution (150x150 at 300). At a quarter
+    width the full-resolution block (conv1_2 + BatchNorm + ReLU + pool1 on 16-channel maps that do not fit the
+    cache) is ~30 % of a CPU training step for ~12 % of the FLOPs.
     """
+    if stem not in STEMS:
+        raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
     layers: List[nn.Module] = []
     c_in = in_channels
     convs = 0
     split = -1
     for v in cfg:
         if v == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            if stem == "s2" and convs == 2:  # pool1: the stride-2 stem already halved the maps
+                layers.append(nn.Identity())
+            else:
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
         elif v == "C":
             layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True))
         else:
             c_out = _ch(int(v), width)
-            layers.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1))
+            if stem == "s2" and convs == 0:
+                layers.append(nn.Conv2d(c_in, c_out, kernel_size=7, stride=2, padding=3))
+            else:
+                layers.append(nn.Conv2d(c_in, c_out, kernel_size=3, padding=1))
             if batch_norm:
                 layers.append(nn.BatchNorm2d(c_out))
             layers.append(nn.ReLU(inplace=True))
@@ -108,11 +124,12 @@ class SSD(nn.Module):
         cfg: prior config (``data.config``); default VOC priors, COCO priors when num_classes == 81.
         width: channel multiplier of base and extras (1.0 = the paper).
         batch_norm: BatchNorm after every base/extra conv (for training from scratch).
+        stem: ``"vgg"`` (the paper) or ``"s2"``: conv1_1 7x7 stride 2 and no pool1 (CPU demos; see :func:`vgg`).
     """
 
     def __init__(self, phase: str, size: int = 300, num_classes: int = 21, cfg: Optional[Dict[str, Any]] = None,
                  width: float = 1.0, batch_norm: bool = False, top_k: int = 200, conf_thresh: float = 0.01,
-                 nms_thresh: float = 0.45) -> None:
+                 nms_thresh: float = 0.45, stem: str = "vgg") -> None:
         super().__init__()
         if phase not in ("train", "test"):
             raise ValueError(f"phase must be 'train' or 'test', got {phase!r}")
@@ -125,12 +142,13 @@ class SSD(nn.Module):
         self.num_classes = num_classes
         self.width = width
         self.batch_norm = batch_norm
+        self.stem = stem
         self.cfg = cfg if cfg is not None else get_config("COCO" if num_classes == 81 else "VOC", size)
         if self.cfg["min_dim"] != size:
             raise ValueError(f"config is for size {self.cfg['min_dim']}, model size is {size}")
         self.register_buffer("priors", PriorBox(self.cfg).forward(), persistent=False)  # [P, 4] cxcywh
 
-        base, split = vgg(BASE_CFG[size], 3, batch_norm, width)
+        base, split = vgg(BASE_CFG[size], 3, batch_norm, width, stem)
         self._split = split
         self.vgg = nn.ModuleList(base)
         c4 = _ch(512, width)

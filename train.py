@@ -39,7 +39,7 @@ PRESET_NAMES = ("cpu-demo",)
 # Built-in defaults (ssd.pytorch's where it had the flag). None = decided later (from the dataset config).
 DEFAULTS: Dict[str, Any] = {
     "dataset": "VOC", "dataset_root": None, "train_split": None, "year": None, "keep_difficult": False,
-    "size": 300, "width": 1.0, "batch_norm": False, "basenet": None, "batch_size": 32, "resume": None,
+    "size": 300, "width": 1.0, "batch_norm": False, "stem": "vgg", "basenet": None, "batch_size": 32, "resume": None,
     "start_iter": 0, "num_workers": 4, "cuda": None, "device": "auto", "lr": 1e-3, "momentum": 0.9,
     "weight_decay": 5e-4, "gamma": 0.1, "visdom": False, "save_folder": "weights/", "max_iter": None,
     "lr_steps": None, "warmup": 500, "warmup_factor": 1.0 / 3.0, "lr_schedule": "step", "optimizer": "sgd",
@@ -49,11 +49,11 @@ DEFAULTS: Dict[str, Any] = {
     "tensorboard": True, "freeze": "auto", "background_prior": 0.0, "prior_scales": "auto",
 }
 
-# The small-compute setting for CPUs (docs: measured in /work/shared/reference/cpu-training.md): a quarter-width
-# VGG with BatchNorm trained from scratch by AdamW; bf16 autocast + channels_last triple CPU throughput.
+# The small-compute setting for CPUs (docs/CPU_DEMO.md has the measurements): a quarter-width VGG with BatchNorm and
+# a stride-2 stem, trained from scratch by AdamW; bf16 autocast + channels_last triple CPU throughput.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "cpu-demo": {
-        "width": 0.25, "batch_norm": True, "optimizer": "adamw", "lr": 1.4e-3, "weight_decay": 5e-4, "warmup": 50,
+        "width": 0.25, "batch_norm": True, "stem": "s2", "optimizer": "adamw", "lr": 1.4e-3, "weight_decay": 5e-4, "warmup": 50,
         "warmup_factor": 0.001, "lr_schedule": "cosine", "grad_clip": 10.0, "augment": "flip", "amp": "auto",
         "channels_last": True, "batch_size": 16, "basenet": "none", "max_iter": 3000, "background_prior": 0.99,
     },
@@ -62,7 +62,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 # Settings that define a run: on a full --resume they come from the checkpoint unless given on the command line.
 RUN_SETTINGS: Tuple[str, ...] = (
     "dataset", "dataset_root", "train_split", "year", "keep_difficult", "size", "width", "batch_norm",
-    "batch_size", "lr", "momentum", "weight_decay", "gamma", "max_iter", "lr_steps", "warmup", "warmup_factor",
+    "stem", "batch_size", "lr", "momentum", "weight_decay", "gamma", "max_iter", "lr_steps", "warmup", "warmup_factor",
     "lr_schedule", "optimizer", "grad_clip", "augment", "amp", "channels_last", "seed", "preset", "freeze",
     "background_prior", "prior_scales",
 )
@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="channel multiplier of VGG and extras (default 1.0 = the paper; 0.25 for CPU demos)")
     g.add_argument("--batch_norm", action=argparse.BooleanOptionalAction, default=None,
                    help="BatchNorm after every conv (for training from scratch; default off = the paper)")
+    g.add_argument("--stem", choices=("vgg", "s2"), default=None,
+                   help="vgg (default, the paper) or s2: conv1_1 a 7x7 stride-2 conv and no pool1, so the first "
+                        "block runs at half resolution (CPU demos; from scratch only)")
     g.add_argument("--basenet", default=None,
                    help="ImageNet VGG-16 weights (vgg16_reducedfc.pth), looked up in --save_folder or as a path; "
                         "'none' trains from scratch. Default: vgg16_reducedfc.pth for the paper's model, none "
@@ -164,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_nonfinite", type=int, default=None,
                    help="stop after this many NaN/inf losses in a row (each is skipped; default 5)")
     g.add_argument("--preset", choices=PRESET_NAMES, default=None,
-                   help="cpu-demo: width 0.25 + BatchNorm from scratch, heads starting at P(background) 0.99, AdamW "
+                   help="cpu-demo: width 0.25 + BatchNorm + the s2 stem from scratch, heads starting at P(background) 0.99, AdamW "
                         "1.4e-3, warm-up 50, cosine, grad clip 10, flip augmentation, bf16 autocast where the CPU "
                         "has it, channels_last, batch 16, 3000 iterations. Flags given explicitly override it")
 
@@ -231,6 +234,8 @@ def resolve_settings(ns: argparse.Namespace, explicit: Set[str], ckpt_config: Op
             continue
         if ckpt_config is not None and key in RUN_SETTINGS and key in ckpt_config:
             value = ckpt_config[key]
+        elif ckpt_config is not None and key == "stem":
+            value = "vgg"  # checkpoints written before --stem existed all have the VGG stem
         elif preset and key in PRESETS[preset]:
             value = PRESETS[preset][key]
         else:
@@ -324,8 +329,9 @@ def _check_save_folder(folder: str) -> None:
     check_writable_folder(folder, "--save_folder")
 
 
-def _check_resume_architecture(state: Mapping[str, torch.Tensor], path: str, size: int, num_classes: int) -> None:
-    """Name the mismatch (input size or class count) before a strict load lists tensor shapes."""
+def _check_resume_architecture(state: Mapping[str, torch.Tensor], path: str, size: int, num_classes: int,
+                               stem: str = "vgg") -> None:
+    """Name the mismatch (input size, class count or stem) before a strict load lists tensor shapes."""
     from utils.checkpoint import infer_architecture
     arch = infer_architecture(state, path)
     if arch["size"] != size:
@@ -334,6 +340,9 @@ def _check_resume_architecture(state: Mapping[str, torch.Tensor], path: str, siz
     if arch["num_classes"] != num_classes:
         raise UserError(f"checkpoint {path} has {arch['num_classes']} classes (with background) but the dataset "
                         f"has {num_classes} — resume with the dataset it was trained on, or start a new run")
+    if arch["stem"] != stem:
+        raise UserError(f"checkpoint {path} has the {arch['stem']} stem, but this run trains the {stem} stem — pass "
+                        f"--stem {arch['stem']}")
 
 
 @dataclass
@@ -463,7 +472,7 @@ def train(s: argparse.Namespace, explicit: Set[str], device: torch.device, dist,
     # ---- model
     prior_config = _prior_config(s)
     model = build_ssd("train", s.size, num_classes, cfg=get_config(prior_config, s.size), width=s.width,
-                      batch_norm=s.batch_norm)
+                      batch_norm=s.batch_norm, stem=s.stem)
     if s.background_prior > 0:  # any checkpoint loaded below overwrites these biases
         model.init_background_prior(s.background_prior)
     start_iter = 0
@@ -474,7 +483,7 @@ def train(s: argparse.Namespace, explicit: Set[str], device: torch.device, dist,
     if ckpt is not None:
         state, _ = split_checkpoint(ckpt, resume_path)
         check_finite(state, resume_path)
-        _check_resume_architecture(state, resume_path, s.size, num_classes)
+        _check_resume_architecture(state, resume_path, s.size, num_classes, s.stem)
         load_into(model, state, resume_path)
         del state
         if full_resume:
@@ -493,13 +502,13 @@ def train(s: argparse.Namespace, explicit: Set[str], device: torch.device, dist,
     else:
         basenet = s.basenet
         if basenet is None:
-            basenet = "vgg16_reducedfc.pth" if s.width == 1.0 and not s.batch_norm else "none"
+            basenet = "vgg16_reducedfc.pth" if s.width == 1.0 and not s.batch_norm and s.stem == "vgg" else "none"
         if str(basenet).lower() != "none":
             path = _basenet_path(basenet, s.save_folder)
-            if s.width != 1.0 or s.batch_norm:
+            if s.width != 1.0 or s.batch_norm or s.stem != "vgg":
                 raise UserError(f"--basenet {path} holds the paper's VGG-16; it does not fit --width {s.width}"
-                                f"{' --batch_norm' if s.batch_norm else ''} — pass --basenet none to train from "
-                                "scratch")
+                                f"{' --batch_norm' if s.batch_norm else ''}{' --stem ' + s.stem if s.stem != 'vgg' else ''}"
+                                " — pass --basenet none to train from scratch")
             load_basenet(model, path)
             pretrained = True
             _info(f"loaded base network {path}", main)

@@ -8,7 +8,7 @@ bash scripts/setup_env.sh
 PY=.venv/bin/python
 OUT=${OUT:-quickstart_out}
 NUM=${NUM:-4000}            # synthetic images (80% train / 5% val / 15% test)
-ITERS=${ITERS:-1000}        # training iterations of the cpu-demo preset (batch 16); ~13 min on 2 cores
+ITERS=${ITERS:-1200}        # training iterations of the cpu-demo preset (batch 16); ~13 min on 2 cores
 BUDGET=${BUDGET:-780}       # seconds: training stops (and saves) here on a slower machine, keeping the job < 15 min
 mkdir -p "$OUT"
 start=$(date +%s)

@@ -210,3 +210,14 @@ def test_ssd200_checkpoint_loads_as_ssd200_and_detects(tmp_path):
     import numpy as np
     dets = Predictor.from_checkpoint(str(path)).predict([np.zeros((90, 120, 3), np.uint8)])
     assert len(dets) == 1
+
+
+def test_s2_stem_is_read_off_the_weights_and_rebuilt(tmp_path):
+    net = build_ssd("train", 300, 3, width=0.125, batch_norm=True, stem="s2")
+    bare = tmp_path / "bare.pth"
+    torch.save(net.state_dict(), bare)                               # no config: the 7x7 conv1_1 says it
+    loaded, meta = load_model(str(bare), "test")
+    assert meta["arch"]["stem"] == "s2" and loaded.stem == "s2"
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())
+    assert model_config(net, "VOC")["stem"] == "s2"
+    assert load_model(str(bare), "test")[1]["arch"]["width"] == pytest.approx(0.125)

@@ -223,3 +223,24 @@ def test_batch_norm_width_variant_builds_runs_and_reloads(tmp_path):
 
 def test_coco_config_has_81_classes():
     assert coco["num_classes"] == 81 and voc["num_classes"] == 21
+
+
+def test_s2_stem_halves_the_first_block_and_keeps_keys_and_output_sizes():
+    vgg_net = build_ssd("train", 300, 6, width=0.125, batch_norm=True)
+    s2_net = build_ssd("train", 300, 6, width=0.125, batch_norm=True, stem="s2").eval()
+    # same keys; only conv1_1's kernel differs (7x7 stride 2 instead of 3x3)
+    a, b = vgg_net.state_dict(), s2_net.state_dict()
+    assert list(a) == list(b)
+    assert [k for k in a if a[k].shape != b[k].shape] == ["vgg.0.weight"]
+    assert b["vgg.0.weight"].shape[-2:] == (7, 7) and s2_net.vgg[0].stride == (2, 2)
+    assert isinstance(s2_net.vgg[6], nn.Identity) and isinstance(vgg_net.vgg[6], nn.MaxPool2d)  # pool1
+    x = torch.randn(1, 3, 300, 300)
+    with torch.no_grad():
+        after_conv1_2 = x
+        for layer in s2_net.vgg[:6]:
+            after_conv1_2 = layer(after_conv1_2)
+        feats = s2_net.features(x)
+    assert after_conv1_2.shape[-1] == 150                            # conv1_2 runs at half resolution
+    assert [f.shape[-1] for f in feats] == [38, 19, 10, 5, 3, 1]
+    with pytest.raises(ValueError, match="stem"):
+        build_ssd("train", 300, 6, stem="resnet")

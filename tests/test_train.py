@@ -209,6 +209,10 @@ def test_preset_sets_the_cpu_configuration_and_explicit_flags_override():
     assert (s.width, s.batch_norm, s.optimizer, s.lr_schedule, s.warmup, s.grad_clip, s.augment) == \
         (0.25, True, "adamw", "cosine", 50, 10.0, "flip")
     assert s.channels_last and s.batch_size == 16 and s.basenet == "none" and s.background_prior == 0.99
+    assert s.stem == "s2"
+    # a checkpoint from before --stem (no "stem" in its config) resumes with the VGG stem it has
+    old = train.resolve_settings(ns, explicit, {"preset": "cpu-demo", "width": 0.25}, True)
+    assert old.stem == "vgg" and old.width == 0.25
     assert s.lr == 1e-3 and s.amp is False and s.lr_steps == [10, 20]  # explicit wins
     ns, explicit = train.parse_args(["--dataset", "custom", "--dataset_root", "x", "--preset", "cpu-demo"])
     assert train.resolve_settings(ns, explicit, None, True).amp is True
@@ -474,3 +478,11 @@ def test_time_budget_stops_and_saves_the_final_checkpoint(data_root, tmp_path):
     ckpt = read_checkpoint(str(tmp_path / "w" / "ssd300_custom_final.pth"))
     assert 1 <= ckpt["iteration"] < 100000
     assert ckpt["scheduler"]["last_epoch"] == ckpt["iteration"]
+
+
+def test_resuming_weights_of_the_other_stem_names_the_flag():
+    from ssd import build_ssd
+    state = build_ssd("train", 300, 3, width=0.125, batch_norm=True, stem="s2").state_dict()
+    with pytest.raises(UserError, match="--stem s2"):
+        train._check_resume_architecture(state, "a.pth", 300, 3, "vgg")
+    train._check_resume_architecture(state, "a.pth", 300, 3, "s2")

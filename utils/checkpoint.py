@@ -72,7 +72,7 @@ def strip_prefix(state: Dict[str, torch.Tensor], prefix: str = "module.") -> Dic
 
 
 def infer_architecture(state: Mapping[str, torch.Tensor], path: str = "<checkpoint>") -> Dict[str, Any]:
-    """Read ``size``, ``num_classes``, ``width`` and ``batch_norm`` off the weights' shapes."""
+    """Read ``size``, ``num_classes``, ``width``, ``batch_norm`` and ``stem`` off the weights' shapes."""
     if "conf.0.weight" not in state or "loc.0.weight" not in state or "vgg.0.weight" not in state:
         raise UserError(f"{path} is not an SSD checkpoint (no vgg.0 / loc.0 / conf.0 weights)")
     heads = len({k.split(".")[1] for k in state if k.startswith("loc.")})
@@ -83,7 +83,8 @@ def infer_architecture(state: Mapping[str, torch.Tensor], path: str = "<checkpoi
     num_classes = state["conf.0.weight"].shape[0] // anchors0
     width = _infer_width(state)
     batch_norm = any(k.startswith("vgg.") and k.endswith("running_mean") for k in state)
-    return {"size": size, "num_classes": num_classes, "width": width, "batch_norm": batch_norm,
+    stem = "s2" if state["vgg.0.weight"].shape[-1] == 7 else "vgg"
+    return {"size": size, "num_classes": num_classes, "width": width, "batch_norm": batch_norm, "stem": stem,
             "conf0_channels": int(state["conf.0.weight"].shape[0])}
 
 
@@ -160,7 +161,7 @@ def load_model(path: str, phase: str = "test", num_classes: Optional[int] = None
     dataset = config.get("prior_config") or ("COCO" if arch["num_classes"] == 81 else "VOC")
     model = build_ssd(phase, arch["size"], arch["num_classes"], cfg=get_config(dataset, arch["size"]),
                       width=float(config.get("width") or arch["width"]), batch_norm=arch["batch_norm"],
-                      **model_kwargs)
+                      stem=arch["stem"], **model_kwargs)
     load_into(model, state, path)
     names = meta.get("class_names")
     if names is not None and len(names) != arch["num_classes"] - 1:
@@ -196,7 +197,7 @@ def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
 def model_config(model: nn.Module, prior_config: str) -> Dict[str, Any]:
     """The architecture fields stored in a checkpoint's ``config`` (enough to rebuild the model)."""
     return {"size": model.size, "num_classes": model.num_classes, "width": model.width,
-            "batch_norm": model.batch_norm, "prior_config": prior_config}
+            "batch_norm": model.batch_norm, "stem": getattr(model, "stem", "vgg"), "prior_config": prior_config}
 
 
 def default_class_names(num_classes: int) -> List[str]:
