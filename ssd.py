@@ -2,8 +2,8 @@
 ssd.pytorch (``ssd300_mAP_77.43_v2.pth``, ``vgg16_reducedfc.pth``).
 
 ``build_ssd(phase, size, num_classes)`` is the entry point. With the defaults (``width=1.0``,
-``batch_norm=False``) the module and its ``state_dict`` keys are exactly ssd.pytorch's. ``width`` and
-``batch_norm`` give the reduced-compute variant used for CPU demos (different keys, same structure).
+``batch_norm=False``, ``stem="vgg"``) the module and its ``state_dict`` keys are exactly ssd.pytorch's. ``width``,
+``batch_norm`` and ``stem="s2"`` give the reduced-compute variant used for CPU demos (different keys, same structure).
 """
 from __future__ import annotations
 
@@ -236,6 +236,6 @@ class SSD(nn.Module):
 
 
 def build_ssd(phase: str, size: int = 300, num_classes: int = 21, cfg: Optional[Dict[str, Any]] = None,
-              width: float = 1.0, batch_norm: bool = False, **kwargs: Any) -> SSD:
-    """Build an SSD. Same call as ssd.pytorch; raises ``ValueError`` on an unsupported phase or size."""
-    return SSD(phase, size, num_classes, cfg=cfg, width=width, batch_norm=batch_norm, **kwargs)
+              width: float = 1.0, batch_norm: bool = False, stem: str = "vgg", **kwargs: Any) -> SSD:
+    """Build an SSD. Same call as ssd.pytorch; raises ``ValueError`` on an unsupported phase, size or stem."""
+    return SSD(phase, size, num_classes, cfg=cfg, width=width, batch_norm=batch_norm, stem=stem, **kwargs)

@@ -53,9 +53,10 @@ DEFAULTS: Dict[str, Any] = {
 # a stride-2 stem, trained from scratch by AdamW; bf16 autocast + channels_last triple CPU throughput.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "cpu-demo": {
-        "width": 0.25, "batch_norm": True, "stem": "s2", "optimizer": "adamw", "lr": 1.4e-3, "weight_decay": 5e-4, "warmup": 50,
-        "warmup_factor": 0.001, "lr_schedule": "cosine", "grad_clip": 10.0, "augment": "flip", "amp": "auto",
-        "channels_last": True, "batch_size": 16, "basenet": "none", "max_iter": 3000, "background_prior": 0.99,
+        "width": 0.25, "batch_norm": True, "stem": "s2", "optimizer": "adamw", "lr": 1.4e-3, "weight_decay": 5e-4,
+        "warmup": 50, "warmup_factor": 0.001, "lr_schedule": "cosine", "grad_clip": 10.0, "augment": "flip",
+        "amp": "auto", "channels_last": True, "batch_size": 16, "basenet": "none", "max_iter": 3000,
+        "background_prior": 0.99,
     },
 }
 
@@ -167,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max_nonfinite", type=int, default=None,
                    help="stop after this many NaN/inf losses in a row (each is skipped; default 5)")
     g.add_argument("--preset", choices=PRESET_NAMES, default=None,
-                   help="cpu-demo: width 0.25 + BatchNorm + the s2 stem from scratch, heads starting at P(background) 0.99, AdamW "
-                        "1.4e-3, warm-up 50, cosine, grad clip 10, flip augmentation, bf16 autocast where the CPU "
-                        "has it, channels_last, batch 16, 3000 iterations. Flags given explicitly override it")
+                   help="cpu-demo: width 0.25 + BatchNorm + the s2 stem from scratch, heads starting at P(background) "
+                        "0.99, AdamW 1.4e-3, warm-up 50, cosine, grad clip 10, flip augmentation, bf16 autocast where "
+                        "the CPU has it, channels_last, batch 16, 3000 iterations. Flags given explicitly override it")
 
     g = p.add_argument_group("run")
     g.add_argument("--resume", default=None,
@@ -506,8 +507,8 @@ def train(s: argparse.Namespace, explicit: Set[str], device: torch.device, dist,
         if str(basenet).lower() != "none":
             path = _basenet_path(basenet, s.save_folder)
             if s.width != 1.0 or s.batch_norm or s.stem != "vgg":
-                raise UserError(f"--basenet {path} holds the paper's VGG-16; it does not fit --width {s.width}"
-                                f"{' --batch_norm' if s.batch_norm else ''}{' --stem ' + s.stem if s.stem != 'vgg' else ''}"
+                extra = f"{' --batch_norm' if s.batch_norm else ''}{' --stem ' + s.stem if s.stem != 'vgg' else ''}"
+                raise UserError(f"--basenet {path} holds the paper's VGG-16; it does not fit --width {s.width}{extra}"
                                 " — pass --basenet none to train from scratch")
             load_basenet(model, path)
             pretrained = True
@@ -582,7 +583,8 @@ def train(s: argparse.Namespace, explicit: Set[str], device: torch.device, dist,
                                 ["iteration", "mAP"] + [f"AP_{c}" for c in class_names], None,
                                 resume_at=start_iter if resumed else None)
         n_params = sum(p.numel() for p in model.parameters())
-        _info(f"SSD{s.size} width {s.width:g}{' +BN' if s.batch_norm else ''}: {n_params / 1e6:.2f} M parameters, "
+        variant = f"{' +BN' if s.batch_norm else ''}{' stem s2' if s.stem == 's2' else ''}"
+        _info(f"SSD{s.size} width {s.width:g}{variant}: {n_params / 1e6:.2f} M parameters, "
               f"{num_classes} classes (with background); {len(dataset)} training images from {s.dataset_root}")
         _info(f"device {device}{f' x {dist.world_size} processes' if dist.enabled else ''}; batch {s.batch_size}"
               f"{' per process' if dist.enabled else ''}; {s.optimizer} lr {s.lr:g} ({s.lr_schedule}, warm-up "

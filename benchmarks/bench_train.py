@@ -191,7 +191,8 @@ def time_config(config: str, args, device) -> Dict[str, float]:
     from ssd import build_ssd
 
     torch.manual_seed(0)
-    model = build_ssd("train", args.size, args.num_classes, width=args.width, batch_norm=args.batch_norm).to(device)
+    model = build_ssd("train", args.size, args.num_classes, width=args.width, batch_norm=args.batch_norm,
+                      stem=args.stem).to(device)
     model.train()
     criterion = MultiBoxLoss(args.num_classes, 0.5, True, 0, True, 3, 0.5, False, device.type == "cuda")
     images = torch.randn(args.batch_size, 3, args.size, args.size, generator=torch.Generator().manual_seed(1)) * 50
@@ -227,6 +228,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--num_classes", type=int, default=21)
     p.add_argument("--width", type=float, default=1.0, help="1.0 = the faithful VGG-16 SSD")
     p.add_argument("--batch_norm", action="store_true")
+    p.add_argument("--stem", choices=("vgg", "s2"), default="vgg", help="s2: the cpu-demo preset's stride-2 stem")
     p.add_argument("--iters", type=int, default=3, help="timed steps per configuration (median reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     p.add_argument("--threads", type=int, default=None)
@@ -241,7 +243,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ssd import build_ssd
     check_baseline_matches(build_ssd("train", args.size, args.num_classes), random_targets(args.batch_size,
                                                                                            args.num_classes))
-    print(f"SSD{args.size} width {args.width:g}{' +BN' if args.batch_norm else ''}, batch {args.batch_size}, "
+    print(f"SSD{args.size} width {args.width:g}{' +BN' if args.batch_norm else ''} stem {args.stem}, batch {args.batch_size}, "
           f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"amp dtype {str(amp_dtype(device)).replace('torch.', '')}, torch {torch.__version__}; "
           f"median of {args.iters} steps after {args.warmup} warm-up", flush=True)

@@ -273,3 +273,16 @@ def test_object_detection_runs_an_exported_onnx_model_like_its_checkpoint(model,
     assert [c for c, _ in found["onnx"]] == [c for c, _ in found["pth"]]
     # the report rounds scores to 4 decimals; fp32 differences can move the last one
     np.testing.assert_allclose([s for _, s in found["onnx"]], [s for _, s in found["pth"]], atol=2e-4)
+
+
+def test_the_cpu_demo_architecture_exports_to_onnx_like_pytorch(tmp_path):
+    # width + BatchNorm + the s2 stem (7x7 stride-2 conv1_1, nn.Identity as pool1): what the quickstart trains
+    model = tiny_model(batch_norm=True, stem="s2")
+    path = str(tmp_path / "s2.onnx")
+    export_onnx(model, path, NAMES, with_nms=False)
+    x = image_batch(1, seed=3)
+    loc, scores, _ = run_ort(path, x)
+    with torch.no_grad():
+        ref_loc, ref_conf = model.forward_raw(x)
+    assert relative_error(loc, ref_loc) < 1e-4
+    assert relative_error(scores, torch.softmax(ref_conf, -1)) < 1e-4
