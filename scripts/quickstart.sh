@@ -9,13 +9,14 @@ PY=.venv/bin/python
 OUT=${OUT:-quickstart_out}
 NUM=${NUM:-4000}            # synthetic images (80% train / 5% val / 15% test)
 ITERS=${ITERS:-1200}        # training iterations of the cpu-demo preset (batch 16); ~13 min on 2 cores
+FRAMES=${FRAMES:-240}       # frames of the synthetic video
 BUDGET=${BUDGET:-780}       # seconds: training stops (and saves) here on a slower machine, keeping the job < 15 min
 mkdir -p "$OUT"
 start=$(date +%s)
 run() { echo; echo "\$ $*"; "$@"; }
 
 run $PY -m data.synthetic --out "$OUT/data" --num "$NUM" --seed 0 \
-    --video "$OUT/synthetic.mp4" --frames 240 --fps 24 --width 480 --height 360 --audio
+    --video "$OUT/synthetic.mp4" --frames "$FRAMES" --fps 24 --width 480 --height 360 --audio
 
 run $PY train.py --dataset custom --dataset_root "$OUT/data" --preset cpu-demo --basenet none \
     --max_iter "$ITERS" --time_budget "$BUDGET" --save_folder "$OUT/weights" --num_workers 0 --seed 0 --log_every 20
