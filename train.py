@@ -39,8 +39,8 @@ PRESET_NAMES = ("cpu-demo",)
 # Built-in defaults (ssd.pytorch's where it had the flag). None = decided later (from the dataset config).
 DEFAULTS: Dict[str, Any] = {
     "dataset": "VOC", "dataset_root": None, "train_split": None, "year": None, "keep_difficult": False,
-    "size": 300, "width": 1.0, "batch_norm": False, "stem": "vgg", "basenet": None, "batch_size": 32, "resume": None,
-    "start_iter": 0, "num_workers": 4, "cuda": None, "device": "auto", "lr": 1e-3, "momentum": 0.9,
+    "size": 300, "width": 1.0, "batch_norm": False, "stem": "vgg", "basenet": None, "batch_size": 32,
+    "resume": None, "start_iter": 0, "num_workers": 4, "cuda": None, "device": "auto", "lr": 1e-3, "momentum": 0.9,
     "weight_decay": 5e-4, "gamma": 0.1, "visdom": False, "save_folder": "weights/", "max_iter": None,
     "lr_steps": None, "warmup": 500, "warmup_factor": 1.0 / 3.0, "lr_schedule": "step", "optimizer": "sgd",
     "grad_clip": 0.0, "augment": "ssd", "amp": False, "channels_last": "auto", "seed": 0, "log_every": 10,
@@ -62,8 +62,8 @@ PRESETS: Dict[str, Dict[str, Any]] = {
 
 # Settings that define a run: on a full --resume they come from the checkpoint unless given on the command line.
 RUN_SETTINGS: Tuple[str, ...] = (
-    "dataset", "dataset_root", "train_split", "year", "keep_difficult", "size", "width", "batch_norm",
-    "stem", "batch_size", "lr", "momentum", "weight_decay", "gamma", "max_iter", "lr_steps", "warmup", "warmup_factor",
+    "dataset", "dataset_root", "train_split", "year", "keep_difficult", "size", "width", "batch_norm", "stem",
+    "batch_size", "lr", "momentum", "weight_decay", "gamma", "max_iter", "lr_steps", "warmup", "warmup_factor",
     "lr_schedule", "optimizer", "grad_clip", "augment", "amp", "channels_last", "seed", "preset", "freeze",
     "background_prior", "prior_scales",
 )

@@ -243,7 +243,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ssd import build_ssd
     check_baseline_matches(build_ssd("train", args.size, args.num_classes), random_targets(args.batch_size,
                                                                                            args.num_classes))
-    print(f"SSD{args.size} width {args.width:g}{' +BN' if args.batch_norm else ''} stem {args.stem}, batch {args.batch_size}, "
+    print(f"SSD{args.size} width {args.width:g}{' +BN' if args.batch_norm else ''} stem {args.stem}, "
+          f"batch {args.batch_size}, "
           f"{device} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads), "
           f"amp dtype {str(amp_dtype(device)).replace('torch.', '')}, torch {torch.__version__}; "
           f"median of {args.iters} steps after {args.warmup} warm-up", flush=True)
