@@ -220,4 +220,4 @@ def test_s2_stem_is_read_off_the_weights_and_rebuilt(tmp_path):
     assert meta["arch"]["stem"] == "s2" and loaded.stem == "s2"
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in net.state_dict().items())
     assert model_config(net, "VOC")["stem"] == "s2"
-    assert load_model(str(bare), "test")[1]["arch"]["width"] == pytest.approx(0.125)
+    assert meta["arch"]["width"] == pytest.approx(0.125)

@@ -197,7 +197,7 @@ def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
 def model_config(model: nn.Module, prior_config: str) -> Dict[str, Any]:
     """The architecture fields stored in a checkpoint's ``config`` (enough to rebuild the model)."""
     return {"size": model.size, "num_classes": model.num_classes, "width": model.width,
-            "batch_norm": model.batch_norm, "stem": getattr(model, "stem", "vgg"), "prior_config": prior_config}
+            "batch_norm": model.batch_norm, "stem": model.stem, "prior_config": prior_config}
 
 
 def default_class_names(num_classes: int) -> List[str]:
