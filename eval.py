@@ -7,7 +7,7 @@
     # score results files you already have (no model)
     python eval.py --results_dir eval/ --voc_root ~/data/VOCdevkit/
 
-The model runs batched through the shared inference path (utils.inference.Predictor). Detections are
+The model runs batched through the shared inference path (utils.inference.predictor.Predictor). Detections are
 written as the devkit's ``comp4_det_<set>_<class>.txt`` files into ``--save_folder`` and scored from those
 files, so the printed AP is what the devkit and ``--results_dir`` give on them.
 """
@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from utils.cli import add_inference_flags, check_writable_folder, str2bool
+from utils.cli import Parser, add_inference_flags, check_writable_folder, str2bool
 from utils.errors import UserError, run_cli
 
 DEFAULT_MODEL = "weights/ssd300_mAP_77.43_v2.pth"
@@ -32,15 +32,9 @@ def _dataset_name(s: str) -> str:
     return {"voc": "VOC", "coco": "COCO", "custom": "custom"}.get(s.strip().lower(), s)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line on stderr with exit status 2 (through run_cli)."""
-
-    def error(self, message: str) -> Any:  # type: ignore[override]
-        raise UserError(f"{message} (see python eval.py --help)", code=2)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description="Evaluate an SSD on VOC / COCO / a custom dataset, or score saved results files.",
+    p = Parser("eval.py", description="Evaluate an SSD on VOC / COCO / a custom dataset, or score saved results files.",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--trained_model", default=DEFAULT_MODEL,
                    help="checkpoint: an ssd.pytorch .pth or one of this repo's training checkpoints")
@@ -120,8 +114,8 @@ def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, A
     from data import build_dataset
     from data.common import check_dir
     from utils.device import resolve_device
-    from utils.evaluation import coco_json_path, evaluate_model
-    from utils.inference import Predictor
+    from utils.metrics.evaluation import coco_json_path, evaluate_model
+    from utils.inference.predictor import Predictor
 
     device = resolve_device(args.device, args.cuda)
     check_dir(root, "dataset root", "pass --dataset_root (or --voc_root) pointing at the dataset")
@@ -134,7 +128,7 @@ def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, A
     dataset = build_dataset(args.dataset, root, set_name, transform=None, keep_difficult=True, year=args.year)
     coco_gt = None
     if args.coco and args.dataset != "COCO":
-        from utils.coco_eval import load_coco_gt
+        from utils.metrics.coco import load_coco_gt
         coco_gt = load_coco_gt(coco_json_path(root, set_name))
     print(f"evaluating {args.trained_model} on {args.dataset} {set_name} ({len(dataset)} images, "
           f"SSD{predictor.size}, {device}, batch {args.batch_size})", file=sys.stderr)
@@ -144,7 +138,7 @@ def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, A
 
 
 def report(result: Dict[str, Any]) -> str:
-    from utils.voc_eval import format_ap_table
+    from utils.metrics.voc import format_ap_table
 
     lines = [format_ap_table(result)]
     coco = result.get("coco")
@@ -160,7 +154,7 @@ def report(result: Dict[str, Any]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    from utils.evaluation import json_summary, plot_pr_curves, score_results
+    from utils.metrics.evaluation import json_summary, plot_pr_curves, score_results
 
     root = dataset_root(args)
     set_name = args.set_name or DEFAULT_SETS[args.dataset.lower()]

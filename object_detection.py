@@ -10,7 +10,7 @@ detections (frame index, time, class, score, box in pixels).
 The functions ``detect_video`` / ``detect_images`` take any predictor object with
 ``.predict(list of RGB uint8 [H, W, 3]) -> list of detections`` (``.boxes [n, 4]`` xyxy pixels,
 ``.scores [n]``, ``.labels [n]`` in 1..C-1) and ``.class_names``; ``main`` builds one from a
-checkpoint with ``utils.inference.Predictor``.
+checkpoint with ``utils.inference.predictor.Predictor``.
 """
 from __future__ import annotations
 
@@ -28,12 +28,12 @@ from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from utils.draw import draw_detections
+from utils.media.draw import draw_detections
 from utils import cli
-from utils.cli import add_inference_flags
+from utils.cli import Parser, add_inference_flags
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write
-from utils.video import (DEFAULT_CRF, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReader, VideoWriter,
+from utils.media.video import (DEFAULT_CRF, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReader, VideoWriter,
                          WebcamReader, check_video_output, crf_from_quality, is_image_path, iter_images,
                          list_images, run_pipeline, write_image)
 
@@ -230,15 +230,9 @@ def detect_images(predictor: Any, inputs: Sequence[str], outputs: Sequence[str],
 # CLI
 # --------------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line (exit 2) through run_cli."""
-
-    def error(self, message: str) -> Any:  # type: ignore[override]
-        raise UserError(f"{message} (see python object_detection.py --help)", code=2)
-
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(description="Detect objects in a video, image, folder of images or webcam with an SSD "
+    p = Parser("object_detection.py", description="Detect objects in a video, image, folder of images or webcam with an SSD "
                             "and write the annotated result.")
     p.add_argument("model", metavar="MODEL", help="checkpoint (.pth/.pt) or exported .onnx model")
     p.add_argument("input", metavar="INPUT",
@@ -381,7 +375,7 @@ def load_predictor(args: argparse.Namespace) -> Any:
     if not os.path.exists(model):  # before importing torch: this one should answer at once
         raise UserError(f"model file not found: {model} — check the path")
     from data.config import SUPPORTED_SIZES
-    from utils import inference
+    from utils.inference import predictor as inference
     from utils.device import resolve_device
 
     if args.size is not None and args.size not in SUPPORTED_SIZES:

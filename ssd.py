@@ -230,9 +230,13 @@ class SSD(nn.Module):
         return loc, conf, self.priors
 
     def load_weights(self, path: str) -> None:
-        """ssd.pytorch's method: load a checkpoint file (safely) into this model."""
-        from utils.checkpoint import load_state_dict_into
-        load_state_dict_into(self, path)
+        """ssd.pytorch's method: load a state_dict file into this model (strict; ``weights_only=True``, so a file
+        that would run code is refused). The CLIs open files through ``utils.loading``, which words errors."""
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+        state = obj["model"] if isinstance(obj, dict) and isinstance(obj.get("model"), dict) else obj
+        if all(k.startswith("module.") for k in state):  # saved from DataParallel / DDP
+            state = {k[len("module."):]: v for k, v in state.items()}
+        self.load_state_dict(state, strict=True)
 
 
 def build_ssd(phase: str, size: int = 300, num_classes: int = 21, cfg: Optional[Dict[str, Any]] = None,

@@ -30,7 +30,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 import torch
 from torch import nn
 
-from utils.cli import check_writable_folder, str2bool
+from utils.cli import Parser, check_writable_folder, str2bool
 from utils.errors import UserError, run_cli
 
 DATASETS = ("VOC", "COCO", "custom")
@@ -75,12 +75,6 @@ CSV_FIELDS = ("iteration", "loss", "loss_l", "loss_c", "lr", "images_per_s", "sk
 # flags
 # ----------------------------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line (UserError, exit status 2) instead of usage + message."""
-
-    def error(self, message: str):  # type: ignore[override]
-        raise UserError(f"{message} (see python train.py --help)", code=2)
-
 
 def _int_list(values: Sequence[str]) -> List[int]:
     out: List[int] = []
@@ -94,7 +88,7 @@ def _int_list(values: Sequence[str]) -> List[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="train.py", description="Train an SSD detector (ssd.pytorch-compatible flags).",
+    p = Parser("train.py", description="Train an SSD detector (ssd.pytorch-compatible flags).",
                 formatter_class=argparse.RawDescriptionHelpFormatter,
                 epilog="Multi-GPU: torchrun --nproc_per_node N train.py ... (--batch_size is per process; with N "
                        "processes the global batch is N x --batch_size, so scale --lr by N for SGD, or keep the "
@@ -333,7 +327,7 @@ def _check_save_folder(folder: str) -> None:
 def _check_resume_architecture(state: Mapping[str, torch.Tensor], path: str, size: int, num_classes: int,
                                stem: str = "vgg") -> None:
     """Name the mismatch (input size, class count or stem) before a strict load lists tensor shapes."""
-    from utils.checkpoint import infer_architecture
+    from utils.loading.checkpoint import infer_architecture
     arch = infer_architecture(state, path)
     if arch["size"] != size:
         raise UserError(f"checkpoint {path} is an SSD{arch['size']}, but this run trains an SSD{size} — pass "
@@ -355,7 +349,7 @@ class ResumeSource:
     checkpoint: Any
 
     def __post_init__(self) -> None:
-        from utils.checkpoint import CHECKPOINT_FORMAT
+        from utils.loading.checkpoint import CHECKPOINT_FORMAT
         obj = self.checkpoint
         self.full = isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT and "optimizer" in obj
 
@@ -397,7 +391,7 @@ def _note(msg: str, main: bool = True) -> None:
 # ----------------------------------------------------------------------------------------------------------
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from utils.checkpoint import read_checkpoint
+    from utils.loading.checkpoint import read_checkpoint
     from utils.device import resolve_device
     from utils.training import cleanup_distributed, init_distributed
 
@@ -439,8 +433,8 @@ def train(s: argparse.Namespace, explicit: Set[str], device: torch.device, dist,
     from data.config import MEANS, get_config
     from layers.multibox_loss import MultiBoxLoss
     from ssd import build_ssd
-    from utils.augmentations import SSDAugmentation
-    from utils.checkpoint import check_finite, load_basenet, load_into, model_config, split_checkpoint
+    from data.transforms import SSDAugmentation
+    from utils.loading.checkpoint import check_finite, load_basenet, load_into, model_config, split_checkpoint
     from utils.device import amp_dtype, autocast
     from utils.training import (EndlessBatchSampler, LossWindow, LRSchedule, NonFiniteGuard, SeededDataset,
                                 StopRequest, TrainLog, build_optimizer, build_scheduler, checkpoint_path,
@@ -563,7 +557,7 @@ def train(s: argparse.Namespace, explicit: Set[str], device: torch.device, dist,
 
     # ---- bookkeeping (rank 0)
     run = f"ssd{s.size}_{s.dataset}"
-    config = dict(model_config(model, prior_config))
+    config = dict(model_config(model))
     config.update({k: getattr(s, k) for k in RUN_SETTINGS})
     config["dataset_root"] = os.path.abspath(s.dataset_root)  # a resume from another folder still finds it
     config["lr_steps"] = list(s.lr_steps)
@@ -777,8 +771,8 @@ def _evaluate(s, model: nn.Module, class_names: List[str], device: torch.device,
     """mAP of the current weights on the held-out split, through eval's code (a test-phase copy of the model)."""
     from data.config import get_config
     from ssd import build_ssd
-    from utils.evaluation import evaluate_model
-    from utils.inference import Predictor
+    from utils.metrics.evaluation import evaluate_model
+    from utils.inference.predictor import Predictor
 
     prior_config = _prior_config(s)
     test_model = build_ssd("test", s.size, len(class_names) + 1, cfg=get_config(prior_config, s.size),

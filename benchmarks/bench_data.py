@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from data.synthetic import generate_dataset, make_noise_bank, render_image
-from utils.augmentations import SSDAugmentation, preprocess, preprocess_batch
+from data.transforms import SSDAugmentation, preprocess, preprocess_batch
 from utils.errors import run_cli
 
 

@@ -39,7 +39,7 @@ def prepare(work: str, num: int, width: float, seed: int) -> Dict[str, Any]:
     from data.custom import read_labels
     from data.synthetic import generate_dataset
     from ssd import build_ssd
-    from utils.checkpoint import model_config, save_checkpoint
+    from utils.loading.checkpoint import model_config, save_checkpoint
 
     root = os.path.join(work, f"synthetic_{num}")
     if not os.path.isfile(os.path.join(root, "synthetic.json")):
@@ -51,7 +51,7 @@ def prepare(work: str, num: int, width: float, seed: int) -> Dict[str, Any]:
     torch.manual_seed(seed)
     model = build_ssd("train", 300, len(names) + 1, width=width)
     ckpt = os.path.join(work, f"tiny_w{width:g}.pth")
-    save_checkpoint({"model": model.state_dict(), "class_names": names, "config": model_config(model, "VOC")},
+    save_checkpoint({"model": model.state_dict(), "class_names": names, "config": model_config(model)},
                     ckpt)
     return {"root": root, "ids": ids, "checkpoint": ckpt}
 

@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.benchmark import make_frames, timeit  # noqa: E402
 from ssd import build_ssd  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
-from utils.inference import Predictor  # noqa: E402
+from utils.inference.predictor import Predictor  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -47,8 +47,8 @@ def run_benchmark(batches: Sequence[int] = (1, 8), reps: int = 3, warmup: int = 
     (ImportError otherwise, so benchmarks/benchmark.py can skip the section)."""
     import onnxruntime as ort
 
-    from utils.export import export_onnx
-    from utils.onnx_backend import predictor_from_onnx
+    from utils.deploy.export import export_onnx
+    from utils.deploy.runners import predictor_from_onnx
 
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)

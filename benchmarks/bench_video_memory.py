@@ -36,7 +36,7 @@ def make_video(path: str, frames: int, width: int, height: int, fps: int = 25) -
     """A synthetic video with moving content, sensor-like noise and an AAC sine track."""
     if os.path.exists(path):
         return path
-    from utils.video import ffmpeg_exe
+    from utils.media.video import ffmpeg_exe
 
     seconds = frames / fps
     tmp = path + ".part.mp4"
@@ -117,7 +117,7 @@ class _StubPredictor:
 
 def _stub_child(video: str, output: str, json_path: str) -> None:
     import object_detection as od
-    from utils.video import VideoReader
+    from utils.media.video import VideoReader
 
     summary = od.detect_video(_StubPredictor(), VideoReader(video), output, json_path=json_path, progress=False)
     print("\n".join(summary.lines(0.6)))
@@ -154,8 +154,8 @@ def run_throughput(args: argparse.Namespace) -> None:
 
     import object_detection as od
     from utils.device import resolve_device
-    from utils.inference import Predictor
-    from utils.video import VideoReader
+    from utils.inference.predictor import Predictor
+    from utils.media.video import VideoReader
 
     w, h = (int(v) for v in args.frame_size.lower().split("x"))
     os.makedirs(args.workdir, exist_ok=True)

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.voc_eval import (AnnotationCache, ClassDetections, evaluate, load_annotations,  # noqa: E402
+from utils.metrics.voc import (AnnotationCache, ClassDetections, evaluate, load_annotations,  # noqa: E402
                             read_voc_results, write_voc_results)
 
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from ssd import build_ssd  # noqa: E402
 from utils.device import amp_dtype, autocast, resolve_device  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
-from utils.inference import Predictor  # noqa: E402
+from utils.inference.predictor import Predictor  # noqa: E402
 
 SSD300_GFLOP = 62.75  # per 300x300 image (multiply-add = 2 FLOP)
 
@@ -127,7 +127,7 @@ def bench_video(device: torch.device, weights: Optional[str], reps: int, frames:
 
     import object_detection as od
     from data.synthetic import generate_video
-    from utils.video import VideoReader
+    from utils.media.video import VideoReader
 
     if weights:
         pred = Predictor.from_checkpoint(weights, device=device, conf_thresh=0.5)

@@ -16,9 +16,9 @@ from ssd import build_ssd
 from layers import MultiBoxLoss
 from data import build_dataset, detection_collate
 from data.config import MEANS
-from utils.augmentations import SSDAugmentation
-from utils.inference import Predictor
-from utils.evaluation import evaluate_model
+from data.transforms import SSDAugmentation
+from utils.inference.predictor import Predictor
+from utils.metrics.evaluation import evaluate_model
 
 root, out_json = sys.argv[1], sys.argv[2]
 dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')

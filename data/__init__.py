@@ -30,10 +30,10 @@ DATASET_NAMES: Tuple[str, ...] = ("VOC", "COCO", "custom")
 
 
 def __getattr__(name: str):
-    # BaseTransform lives in utils.augmentations, which imports data.config: resolve it lazily so that
+    # BaseTransform lives in data.transforms, which imports data.config: resolve it lazily so that
     # importing either package first works (no import cycle).
     if name == "BaseTransform":
-        from utils.augmentations import BaseTransform
+        from data.transforms import BaseTransform
         return BaseTransform
     raise AttributeError(f"module 'data' has no attribute {name!r}")
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from data.config import MEANS
-from utils.augmentations import (CROP_MODES, BaseTransform, Expand, RandomMirror, RandomSampleCrop,
+from data.transforms import (CROP_MODES, BaseTransform, Expand, RandomMirror, RandomSampleCrop,
                                  SSDAugmentation, jaccard_numpy, normalize_uint8_batch, preprocess,
                                  preprocess_batch, resize_batch_uint8)
 

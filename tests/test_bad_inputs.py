@@ -49,7 +49,7 @@ def assets(tmp_path_factory):
     from data.custom import read_labels
     from data.synthetic import generate_dataset
     from ssd import build_ssd
-    from utils.checkpoint import model_config, save_checkpoint
+    from utils.loading.checkpoint import model_config, save_checkpoint
 
     folder = tmp_path_factory.mktemp("bad_inputs")
     ds = str(folder / "ds")
@@ -58,11 +58,11 @@ def assets(tmp_path_factory):
     torch.manual_seed(0)
     model = build_ssd("train", 300, len(names) + 1, width=0.125)
     tiny = str(folder / "tiny.pth")
-    save_checkpoint({"model": model.state_dict(), "class_names": names, "config": model_config(model, "VOC")}, tiny)
+    save_checkpoint({"model": model.state_dict(), "class_names": names, "config": model_config(model)}, tiny)
     four = build_ssd("train", 300, 4, width=0.125)  # 3 classes + background: not the dataset's 5
     four_path = str(folder / "four_classes.pth")
     save_checkpoint({"model": four.state_dict(), "class_names": ["a", "b", "c"],
-                     "config": model_config(four, "VOC")}, four_path)
+                     "config": model_config(four)}, four_path)
     state = model.state_dict()
     state["conf.0.weight"][0, 0, 0, 0] = float("nan")
     nan = str(folder / "nan.pth")

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import torchvision
 
 from ssd import build_ssd
-from utils.checkpoint import load_basenet
+from utils.loading.checkpoint import load_basenet
 from utils.errors import UserError
 from weights.convert_vgg import VGG16_CONVS, convert_file, convert_vgg16, main
 

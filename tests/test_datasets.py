@@ -18,7 +18,7 @@ from data import (COCO_CLASSES, COCO_LABEL_MAP, COCO_LABEL_MAP_INV, VOC_CLASSES,
                   worker_init_fn)
 from data.coco import category_maps
 from data.synthetic import SHAPE_CLASSES, generate_dataset
-from utils.augmentations import SSDAugmentation
+from data.transforms import SSDAugmentation
 from utils.errors import UserError
 
 # shapes -> VOC names, so the generated data can pose as a VOCdevkit (same 0-based labels)

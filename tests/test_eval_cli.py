@@ -13,7 +13,7 @@ import torch
 
 import eval as eval_cli
 from utils.errors import run_cli
-from utils.voc_eval import ClassDetections, evaluate, load_annotations, write_voc_results
+from utils.metrics.voc import ClassDetections, evaluate, load_annotations, write_voc_results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["cat", "dog"]
@@ -194,13 +194,13 @@ def synthetic(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(synthetic, tmp_path_factory):
     from ssd import build_ssd
-    from utils.checkpoint import CHECKPOINT_FORMAT, model_config, save_checkpoint
+    from utils.loading.checkpoint import CHECKPOINT_FORMAT, model_config, save_checkpoint
 
     names = (synthetic / "labels.txt").read_text().split()
     torch.manual_seed(0)
     model = build_ssd("test", 300, len(names) + 1, width=0.125)
     path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    save_checkpoint({"model": model.state_dict(), "class_names": names, "config": model_config(model, "VOC"),
+    save_checkpoint({"model": model.state_dict(), "class_names": names, "config": model_config(model),
                      "format": CHECKPOINT_FORMAT}, str(path))
     return path
 
@@ -247,8 +247,8 @@ class OraclePredictor:
     """Returns each image's ground truth (0-based pixel boxes) as detections, in dataset order."""
 
     def __init__(self, dataset):
-        from utils.inference import Detections
-        from utils.voc_eval import parse_voc_xml
+        from utils.inference.predictor import Detections
+        from utils.metrics.voc import parse_voc_xml
 
         self.class_names = list(dataset.class_names)
         self.size, self.device, self.calls = 300, torch.device("cpu"), 0
@@ -269,8 +269,8 @@ class OraclePredictor:
 
 def test_evaluate_model_gives_one_for_ground_truth_detections(synthetic):
     from data import build_dataset
-    from utils.coco_eval import load_coco_gt
-    from utils.evaluation import coco_json_path, evaluate_model
+    from utils.metrics.coco import load_coco_gt
+    from utils.metrics.evaluation import coco_json_path, evaluate_model
 
     ds = build_dataset("custom", str(synthetic), "trainval", keep_difficult=True)
     res = evaluate_model(OraclePredictor(ds), ds, batch_size=2, num_workers=0, coco=True,
@@ -287,7 +287,7 @@ def test_evaluate_model_gives_one_for_ground_truth_detections(synthetic):
 
 def test_class_names_of_model_and_dataset_must_agree():
     from utils.errors import UserError
-    from utils.evaluation import class_mapping
+    from utils.metrics.evaluation import class_mapping
 
     np.testing.assert_array_equal(class_mapping(["dog", "Cat"], ["cat", "dog"]), [0, 2, 1])
     with pytest.warns(UserWarning):

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from ssd import build_ssd
-from utils.checkpoint import model_config, save_checkpoint
+from utils.loading.checkpoint import model_config, save_checkpoint
 from utils.errors import UserError
-from utils.export import export_onnx, export_torchscript, main as export_main
-from utils.inference import Predictor
+from utils.deploy.export import export_onnx, export_torchscript, main as export_main
+from utils.inference.predictor import Predictor
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -87,7 +87,7 @@ def test_onnx_files_declare_a_dynamic_batch_and_carry_class_names(exported):
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["size"] == "300" and props["with_nms"] == "1"
-    from utils.onnx_backend import OnnxRunner
+    from utils.deploy.runners import OnnxRunner
     runner = OnnxRunner(exported["onnx_nms"])
     assert runner.class_names == NAMES and runner.size == 300 and runner.with_nms
 
@@ -138,7 +138,7 @@ def test_torchscript_exports_match_pytorch_after_plain_jit_load(model, exported)
 
 
 def test_runner_on_raw_onnx_applies_detect_like_pytorch(model, exported):
-    from utils.onnx_backend import load_exported
+    from utils.deploy.runners import load_exported
     x = image_batch(2, seed=3)
     with torch.no_grad():
         expected = model(x)
@@ -148,7 +148,7 @@ def test_runner_on_raw_onnx_applies_detect_like_pytorch(model, exported):
 
 def test_nms_file_with_stricter_threshold_and_smaller_top_k_equals_detect_with_them(model, exported):
     from layers.detection import Detect
-    from utils.onnx_backend import OnnxRunner
+    from utils.deploy.runners import OnnxRunner
     x = image_batch(2, seed=6)
     with torch.no_grad():
         loc, conf = model.forward_raw(x)
@@ -159,7 +159,7 @@ def test_nms_file_with_stricter_threshold_and_smaller_top_k_equals_detect_with_t
 
 
 def test_static_batch_export_runs_other_batch_sizes_in_chunks(model, tmp_path):
-    from utils.onnx_backend import OnnxRunner
+    from utils.deploy.runners import OnnxRunner
     path = str(tmp_path / "b2.onnx")
     export_onnx(model, path, NAMES, with_nms=True, batch=2)
     runner = OnnxRunner(path)
@@ -172,7 +172,7 @@ def test_static_batch_export_runs_other_batch_sizes_in_chunks(model, tmp_path):
 
 def test_onnx_through_predictor_gives_the_checkpoints_detections(model, tmp_path, capsys):
     ckpt = str(tmp_path / "tiny.pth")
-    save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model, "VOC"),
+    save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model),
                      "format": "ssd-ckpt-v1"}, ckpt)
     path = str(tmp_path / "tiny.onnx")
     assert export_main([ckpt, "--format", "onnx", "-o", path, "--with-nms"]) == 0
@@ -199,7 +199,7 @@ def test_onnx_through_predictor_gives_the_checkpoints_detections(model, tmp_path
 
 
 def test_missing_onnxruntime_is_one_clear_error(exported, monkeypatch):
-    from utils.onnx_backend import ORT_MISSING
+    from utils.deploy.runners import ORT_MISSING
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
     with pytest.raises(UserError) as err:
         Predictor.from_onnx(exported["onnx_raw"])
@@ -207,7 +207,7 @@ def test_missing_onnxruntime_is_one_clear_error(exported, monkeypatch):
 
 
 def test_nms_file_refuses_other_thresholds_and_foreign_onnx_files(exported, tmp_path):
-    from utils.onnx_backend import OnnxRunner
+    from utils.deploy.runners import OnnxRunner
     for settings in ({"conf_thresh": 0.001}, {"top_k": 300}, {"nms_thresh": 0.5}):
         with pytest.raises(UserError, match="NMS built in"):
             OnnxRunner(exported["onnx_nms"], **settings)
@@ -223,10 +223,10 @@ def test_nms_file_refuses_other_thresholds_and_foreign_onnx_files(exported, tmp_
 
 def test_export_cli_reports_bad_input_without_traceback(model, tmp_path):
     ckpt = str(tmp_path / "tiny.pth")
-    save_checkpoint({"model": model.state_dict(), "config": model_config(model, "VOC")}, ckpt)
-    with pytest.raises(SystemExit) as exit_info:
+    save_checkpoint({"model": model.state_dict(), "config": model_config(model)}, ckpt)
+    with pytest.raises(UserError, match="--batch must be") as exc:
         export_main([ckpt, "-o", str(tmp_path / "x.onnx"), "--batch", "zero"])
-    assert exit_info.value.code == 2
+    assert exc.value.code == 2
     with pytest.raises(UserError, match="SSD300"):
         export_main([ckpt, "-o", str(tmp_path / "x.onnx"), "--size", "512"])
     with pytest.raises(UserError, match="opset"):
@@ -236,9 +236,9 @@ def test_export_cli_reports_bad_input_without_traceback(model, tmp_path):
 
 def test_cli_writes_a_loadable_torchscript_file_and_reports_errors_on_one_line(model, tmp_path, capsys):
     from utils.errors import run_cli
-    from utils.export import load_torchscript
+    from utils.deploy.export import load_torchscript
     ckpt = str(tmp_path / "tiny.pth")
-    save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model, "VOC")}, ckpt)
+    save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model)}, ckpt)
     path = str(tmp_path / "tiny.pt")
     assert export_main([ckpt, "--format", "torchscript", "-o", path, "--batch", "1", "--with-nms"]) == 0
     module, meta = load_torchscript(path)
@@ -257,7 +257,7 @@ def test_object_detection_runs_an_exported_onnx_model_like_its_checkpoint(model,
 
     import object_detection
     ckpt = str(tmp_path / "tiny.pth")
-    save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model, "VOC")}, ckpt)
+    save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model)}, ckpt)
     onnx_path = str(tmp_path / "tiny.onnx")
     export_onnx(model, onnx_path, NAMES, with_nms=True)
     image = str(tmp_path / "frame.png")

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from ssd import build_ssd
-from utils.checkpoint import save_checkpoint
+from utils.loading.checkpoint import save_checkpoint
 from utils.device import resolve_device
 from utils.errors import UserError
-from utils.inference import Predictor, detections_to_pixels
+from utils.inference.predictor import Predictor, detections_to_pixels
 from utils.io import atomic_write
 
 

@@ -7,7 +7,7 @@ from data.config import coco, get_config, voc, voc512
 from layers.detection import Detect
 from layers.prior_box import PriorBox
 from ssd import SSD, build_ssd
-from utils.checkpoint import load_model
+from utils.loading.checkpoint import load_model
 
 # ssd.pytorch's SSD300 state_dict for 21 classes, in registration order (reference §2).
 _VGG = [(0, 64, 3, 3), (2, 64, 64, 3), (5, 128, 64, 3), (7, 128, 128, 3), (10, 256, 128, 3), (12, 256, 256, 3),
@@ -200,7 +200,7 @@ def test_module_prefixed_state_dict_loads(tmp_path, small):
     assert isinstance(net, SSD) and net.phase == "test" and net.width == 0.125
     for k, v in small.state_dict().items():
         assert torch.equal(net.state_dict()[k], v), k
-    assert meta["class_names"] is None and meta["arch"]["num_classes"] == 21
+    assert meta["class_names"] is None and meta["model_config"].num_classes == 21
 
 
 def test_batch_norm_width_variant_builds_runs_and_reloads(tmp_path):
@@ -214,7 +214,7 @@ def test_batch_norm_width_variant_builds_runs_and_reloads(tmp_path):
     path = tmp_path / "bn.pth"
     torch.save(net.state_dict(), path)
     loaded, meta = load_model(str(path), "train")
-    assert meta["arch"]["batch_norm"] and meta["arch"]["width"] == 0.125
+    assert meta["model_config"].batch_norm and meta["model_config"].width == 0.125
     net.eval(), loaded.eval()
     x = torch.randn(1, 3, 300, 300)
     with torch.no_grad():

@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from layers.matching import pad_targets
 from layers.multibox_loss import MultiBoxLoss
 from ssd import build_ssd
-from utils.inference import Predictor, detections_to_pixels
+from utils.inference.predictor import Predictor, detections_to_pixels
 
 META = torch.device("meta")
 

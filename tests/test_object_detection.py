@@ -12,9 +12,9 @@ import pytest
 
 import object_detection as od
 from tests.video_helpers import audio_codec, decode_all, ffmpeg, make_video, ramp_frames, truncated_video
-from utils.draw import DrawStyle, clamp_boxes, draw_detections, palette, text_color
+from utils.media.draw import DrawStyle, clamp_boxes, draw_detections, palette, text_color
 from utils.errors import UserError
-from utils.video import VideoReader, probe_video, read_image, write_image
+from utils.media.video import VideoReader, probe_video, read_image, write_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "object_detection.py")

@@ -15,7 +15,7 @@ from torch import nn
 
 import train
 from train_helpers import TINY, make_tiny_dataset, read_log, run_train, start_train
-from utils.checkpoint import CHECKPOINT_FORMAT, load_model, read_checkpoint
+from utils.loading.checkpoint import CHECKPOINT_FORMAT, load_model, read_checkpoint
 from utils.errors import UserError
 from utils.training import (EndlessBatchSampler, LRSchedule, NonFiniteGuard, NonFiniteLossError, SeededDataset,
                             build_optimizer, build_scheduler, capture_rng_state, freeze_vgg, latest_checkpoint,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from utils.errors import UserError
-from utils.video import (VideoReader, VideoWriter, crf_from_quality, list_images, probe_video, read_image,
+from utils.media.video import (VideoReader, VideoWriter, crf_from_quality, list_images, probe_video, read_image,
                          run_pipeline, write_image)
 
 from tests.video_helpers import audio_codec, decode_all, ffmpeg, make_video, ramp_frames, truncated_video

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from utils.errors import UserError
-from utils.voc_eval import (AnnotationCache, ClassDetections, GroundTruth, eval_class, evaluate,
+from utils.metrics.voc import (AnnotationCache, ClassDetections, GroundTruth, eval_class, evaluate,
                             load_annotations, parse_voc_xml, read_voc_results, voc_ap, write_voc_results)
 
 
@@ -254,7 +254,7 @@ def test_matches_plain_reference_on_random_cases(seed, metric):
 
 @pytest.mark.parametrize("max_pairs", [1, 2, 7])
 def test_chunked_overlap_computation_gives_the_same_result(monkeypatch, max_pairs):
-    import utils.voc_eval as ve
+    import utils.metrics.voc as ve
 
     rng = np.random.default_rng(5)
     ann, per_class = random_case(rng)
@@ -365,7 +365,7 @@ def test_annotation_cache_rereads_changed_files(tmp_path):
 # --------------------------------------------------------------------------------------------------------
 
 def test_coco_path_gives_pycocotools_stats(tmp_path):
-    from utils.coco_eval import coco_evaluate, detections_to_coco, load_coco_gt
+    from utils.metrics.coco import coco_evaluate, detections_to_coco, load_coco_gt
 
     gt = {
         "images": [{"id": 1, "file_name": "000001.jpg", "width": 200, "height": 200},
@@ -399,7 +399,7 @@ def test_coco_path_gives_pycocotools_stats(tmp_path):
 
 
 def test_coco_with_no_detections_scores_zero(tmp_path):
-    from utils.coco_eval import coco_evaluate, load_coco_gt
+    from utils.metrics.coco import coco_evaluate, load_coco_gt
 
     gt = {"images": [{"id": 1, "file_name": "a.jpg", "width": 50, "height": 50}],
           "categories": [{"id": 1, "name": "cat"}],
@@ -411,7 +411,7 @@ def test_coco_with_no_detections_scores_zero(tmp_path):
 
 
 def test_malformed_coco_json_is_a_user_error(tmp_path):
-    from utils.coco_eval import load_coco_gt
+    from utils.metrics.coco import load_coco_gt
 
     path = tmp_path / "gt.json"
     path.write_text("{not json")

@@ -6,7 +6,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from utils.video import VideoReader, ffmpeg_exe, video_pix_fmt
+from utils.media.video import VideoReader, ffmpeg_exe, video_pix_fmt
 
 
 def ffmpeg(*args: str) -> None:

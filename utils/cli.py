@@ -1,12 +1,30 @@
-"""Small helpers the command-line scripts share: ssd.pytorch's boolean flags and output-folder checks."""
+"""What the command-line scripts share: the argument parser, ssd.pytorch's boolean flags, output-folder checks and
+the model-runtime flags. Library code raises errors in its own terms; the wording for flags belongs here and in the
+CLIs."""
 from __future__ import annotations
 
 import argparse
 import os
 import tempfile
-from typing import Any
+from typing import Any, NoReturn
 
 from utils.errors import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (``UserError``, exit status 2, printed by ``run_cli``) that points
+    at ``--help``, instead of the usage text followed by the message.
+
+    ``command`` is how a user runs the script (``"train.py"``, ``"-m utils.export"``); it becomes ``prog``.
+    """
+
+    def __init__(self, command: str, **kwargs: Any) -> None:
+        kwargs.setdefault("prog", command if not command.startswith("-m ") else f"python {command}")
+        super().__init__(**kwargs)
+        self.command = command
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        raise UserError(f"{message} (see python {self.command} --help)", code=2)
 
 
 def str2bool(v: Any) -> bool:

@@ -105,7 +105,7 @@ def convert_vgg16(state: Mapping[str, torch.Tensor], fold_input_norm: bool = Fal
 
 def convert_file(src: str, dst: str, fold_input_norm: bool = False) -> Dict[str, torch.Tensor]:
     """Read ``src`` (weights-only), convert, write ``dst`` atomically. Returns the converted state_dict."""
-    from utils.checkpoint import read_checkpoint, split_checkpoint
+    from utils.loading.checkpoint import read_checkpoint, split_checkpoint
     from utils.io import atomic_write
 
     if os.path.abspath(src) == os.path.abspath(dst):

@@ -1,7 +1,7 @@
-"""Run models exported by :mod:`utils.export` (ONNX Runtime or TorchScript) behind the shared inference path.
+"""Run models exported by :mod:`utils.deploy.export` (ONNX Runtime or TorchScript) behind the shared inference path.
 
 A runner is a callable ``x [B, 3, S, S] float32 (preprocessed) → detections [B, C, top_k, 5]`` (relative
-coordinates, :class:`layers.detection.Detect`'s layout), i.e. what :class:`utils.inference.Predictor` expects of a
+coordinates, :class:`layers.detection.Detect`'s layout), i.e. what :class:`utils.inference.predictor.Predictor` expects of a
 model. Files exported with ``--with-nms`` already produce that tensor; for raw exports (``loc``, ``scores``,
 ``priors``) the runner applies the PyTorch :class:`~layers.detection.Detect` with the thresholds stored in the file.
 
@@ -34,7 +34,7 @@ class ExportedRunner:
     Subclasses implement :meth:`_run` (one batch of the graph's own batch size → its outputs as CPU tensors).
 
     Args:
-        meta: parsed export metadata (:func:`utils.export.parse_metadata`).
+        meta: parsed export metadata (:func:`utils.deploy.export.parse_metadata`).
         top_k, conf_thresh, nms_thresh: Detect settings (default: those stored in the file). Files with NMS in
             the graph accept a smaller ``top_k`` and a higher ``conf_thresh`` (applied after the graph, same result
             as Detect with those values); anything else is a UserError asking to re-export.
@@ -126,7 +126,7 @@ class OnnxRunner(ExportedRunner):
     def __init__(self, path: str, providers: Sequence[str] = ("CPUExecutionProvider",), sess_options: Any = None,
                  top_k: Optional[int] = None, conf_thresh: Optional[float] = None,
                  nms_thresh: Optional[float] = None) -> None:
-        from utils.export import INPUT_NAME, parse_metadata
+        from utils.deploy.export import INPUT_NAME, parse_metadata
 
         ort = _import_onnxruntime()
         if not os.path.isfile(path):
@@ -152,7 +152,7 @@ class TorchScriptRunner(ExportedRunner):
 
     def __init__(self, path: str, top_k: Optional[int] = None, conf_thresh: Optional[float] = None,
                  nms_thresh: Optional[float] = None) -> None:
-        from utils.export import load_torchscript
+        from utils.deploy.export import load_torchscript
 
         self.module, meta = load_torchscript(path)
         super().__init__(meta, path, top_k, conf_thresh, nms_thresh)
@@ -188,7 +188,7 @@ def predictor_from_onnx(path: str, class_names: Optional[Sequence[str]] = None, 
                         sess_options: Any = None, device: Optional[torch.device] = None, amp: bool = False,
                         size: Optional[int] = None, num_classes: Optional[int] = None,
                         channels_last: Optional[bool] = None, predictor_cls: Any = None) -> Any:
-    """A :class:`utils.inference.Predictor` running an exported ``.onnx`` file on ONNX Runtime.
+    """A :class:`utils.inference.predictor.Predictor` running an exported ``.onnx`` file on ONNX Runtime.
 
     Takes the keyword arguments of ``Predictor.from_checkpoint`` so callers can dispatch on the file type:
     class names and input size come from the file's metadata (``class_names`` overrides the names; ``size`` and
@@ -196,7 +196,7 @@ def predictor_from_onnx(path: str, class_names: Optional[Sequence[str]] = None, 
     when this onnxruntime has it, else CPU); ``amp`` and ``channels_last`` are accepted but ignored — the
     exported graph runs in fp32. Detections are returned on the CPU.
     """
-    from utils.inference import Predictor
+    from utils.inference.predictor import Predictor
 
     del amp, channels_last  # fp32 graph; ONNX Runtime picks its own memory layout
     runner = OnnxRunner(path, providers or default_providers(device), sess_options, top_k, conf_thresh, nms_thresh)

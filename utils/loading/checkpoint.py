@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from utils.errors import UserError
+from utils.loading.config import ModelConfig, infer_architecture  # noqa: F401  (re-exported)
 from utils.io import atomic_write
 
 CHECKPOINT_FORMAT = "ssd-ckpt-v1"
@@ -71,46 +72,6 @@ def strip_prefix(state: Dict[str, torch.Tensor], prefix: str = "module.") -> Dic
     return state
 
 
-def infer_architecture(state: Mapping[str, torch.Tensor], path: str = "<checkpoint>") -> Dict[str, Any]:
-    """Read ``size``, ``num_classes``, ``width``, ``batch_norm`` and ``stem`` off the weights' shapes."""
-    if "conf.0.weight" not in state or "loc.0.weight" not in state or "vgg.0.weight" not in state:
-        raise UserError(f"{path} is not an SSD checkpoint (no vgg.0 / loc.0 / conf.0 weights)")
-    heads = len({k.split(".")[1] for k in state if k.startswith("loc.")})
-    size = {5: 200, 6: 300, 7: 512}.get(heads)
-    if size is None:
-        raise UserError(f"{path} has {heads} detection heads; SSD300 has 6, SSD512 7 and SSD200 5")
-    anchors0 = state["loc.0.weight"].shape[0] // 4
-    num_classes = state["conf.0.weight"].shape[0] // anchors0
-    width = _infer_width(state)
-    batch_norm = any(k.startswith("vgg.") and k.endswith("running_mean") for k in state)
-    stem = "s2" if state["vgg.0.weight"].shape[-1] == 7 else "vgg"
-    return {"size": size, "num_classes": num_classes, "width": width, "batch_norm": batch_norm, "stem": stem,
-            "conf0_channels": int(state["conf.0.weight"].shape[0])}
-
-
-# output channels of the 15 VGG convs at width 1.0 (conv1_1 ... conv5_3, conv6, conv7)
-_VGG_CHANNELS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
-
-
-def _infer_width(state: Mapping[str, torch.Tensor]) -> float:
-    """The width multiplier that reproduces every VGG conv's channel count (``round(c * width)``).
-
-    ``vgg.0`` alone is ambiguous when ``64 * width`` is not an integer (e.g. 0.3): intersect the interval each
-    conv allows and take its middle.
-    """
-    convs = sorted((int(k.split(".")[1]), v.shape[0]) for k, v in state.items()
-                   if k.startswith("vgg.") and k.endswith(".weight") and k.split(".")[1].isdigit() and v.dim() == 4)
-    if len(convs) != len(_VGG_CHANNELS):
-        return state["vgg.0.weight"].shape[0] / 64.0
-    lo, hi = 0.0, float("inf")
-    for (_, n), c in zip(convs, _VGG_CHANNELS):
-        if n > 8:  # the 8-channel floor of ssd._ch says nothing about the width
-            lo, hi = max(lo, (n - 0.5) / c), min(hi, (n + 0.5) / c)
-    if not lo < hi or hi == float("inf"):
-        return state["vgg.0.weight"].shape[0] / 64.0
-    return (lo + hi) / 2  # exact (e.g. 0.25) when the counts are exact multiples
-
-
 def check_finite(state: Mapping[str, torch.Tensor], path: str) -> None:
     for k, v in state.items():
         if v.is_floating_point() and not torch.isfinite(v).all():
@@ -142,32 +103,27 @@ def load_model(path: str, phase: str = "test", num_classes: Optional[int] = None
     """Build the SSD that a checkpoint describes and load it. Returns ``(model on CPU, meta)``.
 
     ``num_classes`` / ``size``, when given, must agree with the file (a clear error says what each has).
-    ``meta`` holds ``class_names`` (or None), ``config`` and the inferred architecture.
+    ``meta`` holds ``class_names`` (or None), ``config`` (as stored), ``model_config`` (the
+    :class:`~utils.loading.config.ModelConfig` the model was built from) and ``iteration``.
     """
-    from data.config import get_config
-    from ssd import build_ssd
-
     state, meta = split_checkpoint(read_checkpoint(path), path)
-    arch = infer_architecture(state, path)
-    config = dict(meta.get("config") or {})
-    if num_classes is not None and num_classes != arch["num_classes"]:
-        raise UserError(f"checkpoint has {arch['num_classes']} classes (conf.0 has {arch['conf0_channels']} "
-                        f"channels), model was built for {num_classes}: {path} — pass the matching "
-                        "--dataset / --num_classes or a matching checkpoint")
-    if size is not None and size != arch["size"]:
-        raise UserError(f"checkpoint {path} is an SSD{arch['size']}, but --size {size} was asked for — use "
-                        f"--size {arch['size']}")
+    config = ModelConfig.from_state(state, meta.get("config"), path)
+    if num_classes is not None and num_classes != config.num_classes:
+        raise UserError(f"checkpoint has {config.num_classes} classes (conf.0 has "
+                        f"{tuple(state['conf.0.weight'].shape)[0]} channels), model was built for {num_classes}: "
+                        f"{path} — pass the matching --dataset / --num_classes or a matching checkpoint")
+    if size is not None and size != config.size:
+        raise UserError(f"checkpoint {path} is an SSD{config.size}, but --size {size} was asked for — use "
+                        f"--size {config.size}")
     check_finite(state, path)
-    dataset = config.get("prior_config") or ("COCO" if arch["num_classes"] == 81 else "VOC")
-    model = build_ssd(phase, arch["size"], arch["num_classes"], cfg=get_config(dataset, arch["size"]),
-                      width=float(config.get("width") or arch["width"]), batch_norm=arch["batch_norm"],
-                      stem=arch["stem"], **model_kwargs)
+    model = config.build(phase, **model_kwargs)
     load_into(model, state, path)
     names = meta.get("class_names")
-    if names is not None and len(names) != arch["num_classes"] - 1:
-        raise UserError(f"checkpoint {path} lists {len(names)} class names for {arch['num_classes'] - 1} classes")
-    return model, {"class_names": list(names) if names is not None else None, "config": config,
-                   "arch": arch, "iteration": meta.get("iteration")}
+    if names is not None and len(names) != config.num_classes - 1:
+        raise UserError(f"checkpoint {path} lists {len(names)} class names for {config.num_classes - 1} classes")
+    return model, {"class_names": list(names) if names is not None else None,
+                   "config": dict(meta.get("config") or {}), "model_config": config,
+                   "iteration": meta.get("iteration")}
 
 
 def load_state_dict_into(model: nn.Module, path: str) -> Dict[str, Any]:
@@ -194,10 +150,9 @@ def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
         torch.save(obj, tmp)
 
 
-def model_config(model: nn.Module, prior_config: str) -> Dict[str, Any]:
+def model_config(model: nn.Module) -> Dict[str, Any]:
     """The architecture fields stored in a checkpoint's ``config`` (enough to rebuild the model)."""
-    return {"size": model.size, "num_classes": model.num_classes, "width": model.width,
-            "batch_norm": model.batch_norm, "stem": model.stem, "prior_config": prior_config}
+    return ModelConfig.from_model(model).to_dict()
 
 
 def default_class_names(num_classes: int) -> List[str]:

@@ -1,9 +1,9 @@
 """Run a detector over a dataset and score it: the library behind eval.py and train.py's ``--eval_every``.
 
 Flow: dataset images (RGB uint8) → resize to S×S in DataLoader workers (uint8, 4× less to move than float)
-→ subtract the means on the predictor's device (``utils.augmentations.normalize_uint8_batch``: the same numbers
+→ subtract the means on the predictor's device (``data.transforms.normalize_uint8_batch``: the same numbers
 as ``BaseTransform``) → :meth:`Predictor.predict_batch` (network + Detect/NMS) → detections in pixels of the
-original image → VOC AP (:mod:`utils.voc_eval`, devkit-exact) and/or COCO AP (:mod:`utils.coco_eval`).
+original image → VOC AP (:mod:`utils.metrics.voc`, devkit-exact) and/or COCO AP (:mod:`utils.metrics.coco`).
 """
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.utils.data as tud
 
-from utils.augmentations import resize_batch_uint8
+from data.transforms import resize_batch_uint8
 from utils.errors import UserError
-from utils.voc_eval import (ClassDetections, evaluate, load_annotations, read_voc_results, to_voc_boxes,
+from utils.metrics.voc import (ClassDetections, evaluate, load_annotations, read_voc_results, to_voc_boxes,
                             write_voc_results)
 
 __all__ = ["DetectionRecords", "class_mapping", "collect_detections", "voc_class_detections",
@@ -71,7 +71,7 @@ class _ResizedImages(tud.Dataset):
     def __getitem__(self, pos: int) -> Tuple[torch.Tensor, int, int, int]:
         img = self.dataset.pull_image(self.indices[pos])  # RGB uint8 H x W x 3
         h, w = img.shape[:2]
-        # the shared uint8 resize (utils.augmentations); normalisation happens per batch on the predictor's device
+        # the shared uint8 resize (data.transforms); normalisation happens per batch on the predictor's device
         resized = resize_batch_uint8([img], self.size)[0]
         return torch.from_numpy(resized), pos, h, w
 
@@ -121,7 +121,7 @@ def collect_detections(predictor: Any, dataset: Any, batch_size: int = 8, num_wo
     loader = tud.DataLoader(_ResizedImages(dataset, predictor.size, range(n)), batch_size=batch_size,
                             shuffle=False, num_workers=num_workers, collate_fn=_collate,
                             pin_memory=(torch.device(device).type == "cuda") if num_workers > 0 else None)
-    from utils.augmentations import normalize_uint8_batch
+    from data.transforms import normalize_uint8_batch
 
     image_ids = [str(dataset.image_id(i)) for i in range(n)]
     parts: Dict[str, List[np.ndarray]] = {"index": [], "boxes": [], "scores": [], "labels": []}
@@ -211,7 +211,7 @@ def coco_json_path(root: str, set_name: str) -> str:
 
 def _coco_scores(coco: Any, records: DetectionRecords, class_names: Sequence[str],
                  results_path: Optional[str]) -> Dict[str, Any]:
-    from utils.coco_eval import coco_evaluate, detections_to_coco, write_coco_results
+    from utils.metrics.coco import coco_evaluate, detections_to_coco, write_coco_results
 
     ids = np.asarray(records.image_ids, dtype=object)[records.image_index]
     results = detections_to_coco(coco, class_names, list(ids), records.boxes, records.scores, records.labels)
@@ -230,7 +230,7 @@ def evaluate_model(predictor: Any, dataset: Any, batch_size: int = 8, num_worker
     """Detect on every image of ``dataset`` and score the detections.
 
     Args:
-        predictor: a :class:`utils.inference.Predictor` (``class_names``, ``size``, ``device``, ``predict_batch``).
+        predictor: a :class:`utils.inference.predictor.Predictor` (``class_names``, ``size``, ``device``, ``predict_batch``).
         dataset: a VOC / custom / COCO dataset of :mod:`data` (``image_id(i)``, ``annotation_file(i)``,
             ``pull_image(i)``, ``class_names``; COCO ones also ``coco``).
         metric: ``voc07`` (11-point, the VOC2007-test metric) or ``area``.
@@ -349,7 +349,7 @@ def score_results(results_dir: str, dataset_name: str, root: str, set_name: str 
     COCO: ``coco_results_<set>.json`` against ``<root>/annotations/instances_<set>.json``.
     Returns the same dict as :func:`evaluate_model` (``images_per_second`` None).
     """
-    from utils.coco_eval import coco_evaluate, load_coco_gt
+    from utils.metrics.coco import coco_evaluate, load_coco_gt
 
     if not os.path.isdir(results_dir):
         raise UserError(f"results folder not found: {results_dir} — pass the folder eval.py wrote its "

@@ -5,7 +5,7 @@ Conventions (the devkit's, not the rest of this repo's):
 * Ground truth boxes are the integers written in the XML: **1-based pixel coordinates**, inclusive
   ``(xmin, ymin, xmax, ymax)``. Widths, heights and areas carry a ``+1`` (``x2 - x1 + 1``).
 * Detections are in the same 1-based coordinates. A model box in 0-based continuous pixels
-  (what :class:`utils.inference.Predictor` returns) is converted by adding 1 (see :func:`to_voc_boxes`).
+  (what :class:`utils.inference.predictor.Predictor` returns) is converted by adding 1 (see :func:`to_voc_boxes`).
 * Results files ``comp4_det_<set>_<class>.txt`` hold one detection per line:
   ``<image_id> <score> <xmin> <ymin> <xmax> <ymax>`` — the files the devkit and the evaluation server take.
 

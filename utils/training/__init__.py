@@ -36,7 +36,7 @@ import torch
 import torch.utils.data as tud
 from torch import nn
 
-from utils.checkpoint import CHECKPOINT_FORMAT
+from utils.loading.checkpoint import CHECKPOINT_FORMAT
 from utils.errors import UserError
 from utils.io import atomic_write
 

@@ -1,6 +1,6 @@
 """COCO-style AP through pycocotools' COCOeval — never a hand-written COCO AP.
 
-Boxes here are what :class:`utils.inference.Predictor` returns: 0-based continuous pixel ``(x1, y1, x2, y2)``
+Boxes here are what :class:`utils.inference.predictor.Predictor` returns: 0-based continuous pixel ``(x1, y1, x2, y2)``
 in the original image; COCO results use ``[x, y, width, height]`` in the same pixel frame (no +1).
 """
 from __future__ import annotations

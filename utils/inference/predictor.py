@@ -10,7 +10,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from utils.checkpoint import default_class_names, load_model
+from utils.loading.checkpoint import default_class_names, load_model
 from utils.device import autocast
 
 
@@ -100,7 +100,7 @@ class Predictor:
                         conf_thresh: float = 0.01, nms_thresh: float = 0.45, class_names: Optional[Sequence[str]] = None,
                         score_threshold: float = 0.0, channels_last: Optional[bool] = None,
                         compile: bool = False) -> "Predictor":
-        """Load any accepted checkpoint (see utils.checkpoint) into a test-phase SSD."""
+        """Load any accepted checkpoint (see utils.loading.checkpoint) into a test-phase SSD."""
         model, meta = load_model(path, "test", num_classes=num_classes, size=size, top_k=top_k,
                                  conf_thresh=conf_thresh, nms_thresh=nms_thresh)
         names = class_names or meta["class_names"] or default_class_names(model.num_classes)
@@ -112,8 +112,8 @@ class Predictor:
 
     @classmethod
     def from_onnx(cls, path: str, **kwargs: Any) -> "Predictor":
-        """An exported ``.onnx`` model on ONNX Runtime (see utils.onnx_backend.predictor_from_onnx)."""
-        from utils.onnx_backend import predictor_from_onnx
+        """An exported ``.onnx`` model on ONNX Runtime (see utils.deploy.runners.predictor_from_onnx)."""
+        from utils.deploy.runners import predictor_from_onnx
         return predictor_from_onnx(path, predictor_cls=cls, **kwargs)
 
     @classmethod
@@ -145,7 +145,7 @@ class Predictor:
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 ``HxWx3`` frames → ``[B, 3, S, S]`` float32 (the shared preprocessing)."""
-        from utils.augmentations import preprocess_batch
+        from data.transforms import preprocess_batch
         return preprocess_batch(list(images), self.size)
 
     @torch.inference_mode()
@@ -171,7 +171,7 @@ class Predictor:
         batch travels to ``self.device`` as uint8 (4x fewer bytes than float32; from pinned memory, without
         blocking, on CUDA) and is converted and mean-subtracted there.
         """
-        from utils.augmentations import normalize_uint8_batch, resize_batch_uint8
+        from data.transforms import normalize_uint8_batch, resize_batch_uint8
         if len(images) == 0:
             return []
         images = list(images)
@@ -182,3 +182,15 @@ class Predictor:
         resize_batch_uint8(images, self.size, out=frames.numpy())  # resized straight into the (pinned) buffer
         x = normalize_uint8_batch(frames.to(device, non_blocking=True))
         return self.predict_batch(x, sizes)
+
+
+def open_predictor(path: str, backend: str = "auto", *, device: torch.device = torch.device("cpu"),
+                   amp: bool = False, compile: bool = False, class_names: Optional[Sequence[str]] = None,
+                   num_classes: Optional[int] = None, size: Optional[int] = None, top_k: int = 200,
+                   conf_thresh: float = 0.01, nms_thresh: float = 0.45, score_threshold: float = 0.0) -> Predictor:
+    """The one way to open a model for inference: a checkpoint (this project's or ssd.pytorch's), an exported
+    ``.onnx`` or TorchScript file → :class:`Predictor`. ``class_names`` (without background) override the file's;
+    ``num_classes`` / ``size``, when given, must agree with the file. Raises ``UserError`` with a one-line reason."""
+    return Predictor.load(path, backend, device=device, amp=amp, compile=compile, class_names=class_names,
+                          num_classes=num_classes, size=size, top_k=top_k, conf_thresh=conf_thresh,
+                          nms_thresh=nms_thresh, score_threshold=score_threshold)

@@ -1,0 +1,1 @@
+"""Deployment: ONNX / TorchScript export and the runners that execute exported files."""

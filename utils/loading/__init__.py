@@ -1,0 +1,1 @@
+"""Model files: the model configuration, checkpoint reading/writing, building an SSD from either."""

@@ -1,0 +1,1 @@
+"""Media: video / image / webcam I/O, drawing, and the streaming detection pipeline."""
