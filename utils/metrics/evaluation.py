@@ -25,6 +25,7 @@ from data.transforms import normalize_uint8_batch, resize_batch_uint8
 from data.voc0712 import VOC_CLASSES
 from utils.errors import UserError
 from utils.io import atomic_write
+from utils.labels import are_placeholders
 from utils.metrics.coco import coco_evaluate, detections_to_coco, load_coco_gt, write_coco_results
 from utils.metrics.voc import (ClassDetections, evaluate, load_annotations, read_voc_results, to_voc_boxes,
                             write_voc_results)
@@ -99,7 +100,7 @@ def class_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> n
     mine = [str(n).strip().lower() for n in model_names]
     if all(n in index for n in mine) and len(set(mine)) == len(mine):
         return np.array([0] + [index[n] for n in mine], dtype=np.int64)
-    if len(mine) == len(key) and all(n.startswith("class_") for n in mine):
+    if len(mine) == len(key) and are_placeholders(mine):
         warnings.warn("the checkpoint carries no class names; assuming the dataset's class order", stacklevel=2)
         return np.arange(len(key) + 1, dtype=np.int64)
     missing = [n for n in model_names if str(n).strip().lower() not in index]
