@@ -30,6 +30,8 @@ SHAPE_TO_VOC = dict(zip(SHAPE_CLASSES, VOC_CLASSES[:5]))
 # ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
+    # not the shared 6-image tiny_dataset: these tests need difficult objects and several images per split,
+    # which 14 images of seed 3 have
     root = tmp_path_factory.mktemp("data") / "shapes"
     generate_dataset(str(root), 14, seed=3)
     return str(root)
