@@ -315,3 +315,22 @@ def test_class_names_of_model_and_dataset_must_agree():
         np.testing.assert_array_equal(class_mapping(["class_1", "class_2"], ["cat", "dog"]), [0, 1, 2])
     with pytest.raises(UserError, match="bird"):
         class_mapping(["cat", "bird"], ["cat", "dog"])
+
+
+def test_library_errors_name_no_cli_flags(synthetic, tmp_path):
+    # the metrics library words errors in its own terms; eval.py words them for its flags (tests above)
+    from data import build_dataset
+    from utils.errors import UserError
+    from utils.metrics.evaluation import collect_detections, score_results, voc_ground_truth
+
+    ds = build_dataset("custom", str(synthetic), "trainval")
+    with pytest.raises(ValueError, match="^batch_size must be at least 1, got 0$"):
+        collect_detections(OraclePredictor(ds), ds, batch_size=0)
+    with pytest.raises(ValueError, match="^num_workers must be 0 or more, got -1$"):
+        collect_detections(OraclePredictor(ds), ds, num_workers=-1)
+    with pytest.raises(UserError) as info:
+        score_results(str(tmp_path / "none"), "custom", str(synthetic))
+    assert info.value.message.startswith("results folder not found:") and "--" not in info.value.message
+    with pytest.raises(UserError) as info:
+        voc_ground_truth("VOC", str(tmp_path), "test", year="2099")
+    assert "VOC2099" in info.value.message and "--" not in info.value.message
