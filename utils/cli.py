@@ -62,7 +62,10 @@ def float_in(low: float, high: Optional[float] = None, *, low_open: bool = False
     """A ``type=`` accepting finite floats in the interval (``high=None``: no upper bound), e.g.
     ``float_in(0, 1, high_open=True)`` -> "must be in [0, 1), got 1.0"."""
     if high is None:
-        rule = f"greater than {low:g}" if low_open else ("0 or more" if low == 0 else f"at least {low:g}")
+        if low == 0:
+            rule = "positive" if low_open else "0 or more"
+        else:
+            rule = f"greater than {low:g}" if low_open else f"at least {low:g}"
     else:
         rule = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
 
