@@ -80,7 +80,7 @@ def context() -> mp.context.BaseContext:
     if _CTX is None:
         _CTX = mp.get_context("forkserver")
         _CTX.set_forkserver_preload(["torch", "cv2", "train", "train_helpers", "ssd", "data", "layers",
-                                     "utils.training", "data.transforms"])
+                                     "utils.training.trainer", "data.transforms"])
     return _CTX
 
 
