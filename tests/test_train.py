@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ from torch import nn
 
 import eval as eval_cli
 import train
+from ssd import build_ssd
 from train_helpers import TINY, make_tiny_dataset, read_log, run_train, start_train
 from utils.loading.checkpoint import CHECKPOINT_FORMAT, load_model, read_checkpoint
 from utils.errors import UserError
@@ -128,7 +130,6 @@ def test_scheduler_state_survives_a_weights_only_round_trip(tmp_path):
 
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):
-    import random
     torch.manual_seed(1)
     np.random.seed(2)
     random.seed(3)
@@ -143,7 +144,6 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
 
 
 def test_adamw_has_no_weight_decay_on_batchnorm_and_bias_sgd_decays_all():
-    from ssd import build_ssd
     model = build_ssd("train", 300, 3, width=0.125, batch_norm=True)
     opt = build_optimizer(model, "adamw", 1e-3, weight_decay=5e-4)
     decay, no_decay = opt.param_groups
@@ -156,7 +156,6 @@ def test_adamw_has_no_weight_decay_on_batchnorm_and_bias_sgd_decays_all():
 
 
 def test_freeze_vgg_fixes_the_first_blocks_only():
-    from ssd import build_ssd
     model = build_ssd("train", 300, 3, width=0.125)
     freeze_vgg(model, "conv2")
     frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
