@@ -18,7 +18,7 @@ import torch
 
 import utils.io
 import utils.loading.checkpoint as checkpoint
-from utils.errors import UserError
+from utils.errors import UserError, says_no_space
 from utils.io import atomic_write, current_umask, reporting_no_space
 from utils.loading.checkpoint import read_checkpoint, save_checkpoint
 
@@ -217,6 +217,33 @@ def test_run_cli_sees_enospc_behind_torch_runtime_error(tmp_path):
     """)
     assert code == 1
     assert err.startswith(f"error: {NO_SPACE} ") and err.count("\n") == 1, err
+
+
+def test_run_cli_reports_a_writer_threads_full_disk_once(tmp_path):
+    """TensorBoard's event writer is a thread: its ENOSPC is one line and exit 1, not a thread traceback."""
+    code, err = _run_cli_script(tmp_path, """
+        import threading
+
+        def writer():
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/runs/tb/events.out.tfevents")
+
+        t = threading.Thread(target=writer)
+        t.start()
+        t.join()
+        return 0
+    """)
+    assert (code, err) == (1, f"error: {NO_SPACE} /runs/tb/events.out.tfevents — free some space or choose "
+                               "another folder\n")
+
+
+def test_a_tools_message_about_a_full_disk_counts(tmp_path):
+    """e.g. ffmpeg's stderr carried in an exception's text."""
+    with pytest.raises(UserError, match=NO_SPACE):
+        with atomic_write(str(tmp_path / "out.mp4"), suffix=".mp4"):
+            raise RuntimeError("ffmpeg: av_interleaved_write_frame(): No space left on device")
+    assert says_no_space("Error writing trailer: Disk quota exceeded")
+    assert not says_no_space("Invalid data found when processing input")
+    assert os.listdir(tmp_path) == []
 
 
 def test_run_cli_still_shows_a_traceback_for_other_errors(tmp_path):

@@ -51,7 +51,8 @@ def read_checkpoint(path: str) -> Any:
                             f"{named}; only tensors and plain data are accepted — use a checkpoint from a source you "
                             "trust, re-saved as a plain state_dict") from None
         if isinstance(exc, pickle.UnpicklingError):  # plain garbage ("invalid load key", "Unsupported operand")
-            raise UserError(f"not a PyTorch checkpoint (or truncated): {path} — re-download or re-create it") from None
+            raise UserError(f"not a PyTorch checkpoint (or truncated): {path} — re-download or re-create "
+                            "it") from None
         raise UserError(f"cannot read checkpoint {path}: not a PyTorch checkpoint or truncated "
                         f"({type(exc).__name__}) — re-download or re-create it") from None
 
