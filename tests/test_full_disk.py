@@ -13,12 +13,13 @@ import sys
 import textwrap
 import uuid
 
+import numpy as np
 import pytest
 import torch
 
 import utils.io
 import utils.loading.checkpoint as checkpoint
-from utils.errors import UserError, says_no_space
+from utils.errors import NoSpaceError, UserError, says_no_space
 from utils.io import atomic_write, current_umask, reporting_no_space
 from utils.loading.checkpoint import read_checkpoint, save_checkpoint
 
@@ -109,6 +110,15 @@ def test_json_on_full_disk(small_fs):
     assert os.listdir(small_fs) == ["results.json"]
 
 
+def test_numpy_tofile_on_full_disk(small_fs):
+    """How images are written (cv2.imencode + ndarray.tofile): numpy's OSError names no errno."""
+    path = small_fs / "frame.jpg"
+    with pytest.raises(UserError, match=f"{NO_SPACE} {path}"):
+        with atomic_write(str(path), suffix=".jpg") as tmp:
+            np.zeros(2_000_000, dtype=np.uint8).tofile(tmp)
+    assert os.listdir(small_fs) == []
+
+
 def test_run_cli_one_line_for_a_plain_write_on_full_disk(small_fs, tmp_path):
     out = small_fs / "log.csv"
     code, err = _run_cli_script(tmp_path, f"""
@@ -134,6 +144,7 @@ def test_injected_enospc_in_atomic_write_keeps_old_file(tmp_path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), tmp)
     assert exc.value.message == f"{NO_SPACE} {path} — free some space or choose another folder"
     assert exc.value.code == 1
+    assert isinstance(exc.value, NoSpaceError) and exc.value.path == str(path)
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["summary.json"]
 
@@ -175,6 +186,18 @@ def test_torch_writer_error_counts_as_full_disk_only_when_the_disk_is_full(tmp_p
     with pytest.raises(RuntimeError, match="unexpected pos"):   # another write failure: not misreported
         with atomic_write(str(tmp_path / "a.pth")):
             raise RuntimeError(TORCH_FULL_DISK)
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_error_without_errno_counts_only_when_the_disk_is_full(tmp_path, monkeypatch):
+    monkeypatch.setattr(utils.io, "free_bytes", lambda folder: 0)
+    with pytest.raises(UserError, match=NO_SPACE):
+        with atomic_write(str(tmp_path / "a.jpg")):
+            raise OSError("26399 requested and 0 written")
+    monkeypatch.setattr(utils.io, "free_bytes", lambda folder: 10 << 30)
+    with pytest.raises(OSError, match="requested and 0 written"):
+        with atomic_write(str(tmp_path / "a.jpg")):
+            raise OSError("26399 requested and 0 written")
     assert os.listdir(tmp_path) == []
 
 

@@ -25,17 +25,30 @@ class UserError(Exception):
         self.code = code
 
 
+class NoSpaceError(UserError):
+    """A full disk (or quota) while writing ``path``: a UserError that callers writing through a staging file can
+    catch to name the user's output instead (``raise no_space_error(final_path) from None``)."""
+
+    def __init__(self, message: str, path: Optional[str]) -> None:
+        super().__init__(message, code=1)
+        self.path = path
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     raise UserError(message, code)
 
 
-def no_space_error(path: Optional[str], cause: Optional[BaseException] = None) -> UserError:
-    """The one-line error for a full disk (or an exceeded quota) while writing ``path`` (exit status 1)."""
+def no_space_error(path: Optional[str], cause: Optional[BaseException] = None,
+                   kept: Optional[str] = None) -> NoSpaceError:
+    """The one-line error for a full disk (or an exceeded quota) while writing ``path`` (exit status 1).
+
+    ``kept``: what was saved anyway, e.g. "the video was kept without sound" (said before what to do).
+    """
     quota = (isinstance(cause, OSError) and cause.errno == errno.EDQUOT) or (
         cause is not None and "quota" in str(cause).lower())
     target = path if path else "an output file"
-    return UserError(f"no space left on device while writing {target}{' (disk quota exceeded)' if quota else ''}"
-                     " — free some space or choose another folder")
+    return NoSpaceError(f"no space left on device while writing {target}{' (disk quota exceeded)' if quota else ''}"
+                        f" — {kept + '; ' if kept else ''}free some space or choose another folder", path)
 
 
 def says_no_space(text: str) -> bool:

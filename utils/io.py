@@ -37,20 +37,21 @@ def free_bytes(folder: str) -> Optional[int]:
 
 
 def is_no_space(exc: BaseException, folder: Optional[str] = None) -> bool:
-    """Whether ``exc`` means the disk is full: an OSError(ENOSPC/EDQUOT) in its chain, or (given the ``folder``
-    that was being written) torch's writer failing while that filesystem is (nearly) full."""
+    """Whether ``exc`` means the disk is full: a full-disk error in its chain (``find_no_space``), or, given the
+    ``folder`` that was being written, a write failure that names no errno while that filesystem is (nearly) full:
+    torch.save's C++ writer (RuntimeError) or numpy's ``tofile`` ("OSError: 26399 requested and 0 written")."""
     if find_no_space(exc) is not None:
         return True
     if folder is None:
         return False
-    messages = []
+    chain: List[BaseException] = []
     current: Optional[BaseException] = exc
-    while current is not None and len(messages) < 8:
-        messages.append(str(current).lower())
+    while current is not None and len(chain) < 8:
+        chain.append(current)
         current = current.__cause__ or current.__context__
-    if not any(marker in m for m in messages for marker in _TORCH_WRITE_FAILURES):
-        return False
-    free = free_bytes(folder)
+    write_failed = any((isinstance(e, OSError) and e.errno is None)
+                       or any(marker in str(e).lower() for marker in _TORCH_WRITE_FAILURES) for e in chain)
+    free = free_bytes(folder) if write_failed else None
     return free is not None and free < _NEARLY_FULL_BYTES
 
 
