@@ -100,15 +100,14 @@ def _convert_vgg(src: str, dst: str) -> None:
 
 def _record_bgr(src: str, dst: str) -> None:
     """ssd.pytorch's Caffe-converted VOC model as a checkpoint recording its BGR input (and VOC class names)."""
-    from data.voc0712 import VOC_CLASSES
-    from utils.loading.checkpoint import read_checkpoint, split_checkpoint
+    from utils.loading.checkpoint import default_class_names, read_checkpoint, split_checkpoint
     from utils.loading.config import ModelConfig
 
     state, _ = split_checkpoint(read_checkpoint(src), src)
     config = ModelConfig.from_state(state, None, src).to_dict()
     config.update({"input_order": "BGR", "source": "ssd.pytorch ssd_300_VOC0712.pth (Caffe SSD, BGR input)"})
     with atomic_write(dst, suffix=".tmp") as tmp:
-        torch.save({"model": state, "class_names": list(VOC_CLASSES), "config": config}, tmp)
+        torch.save({"model": state, "class_names": default_class_names(config["num_classes"]), "config": config}, tmp)
 
 
 CONVERTERS: Dict[str, Callable[[str, str], None]] = {
