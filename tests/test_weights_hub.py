@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from utils.errors import UserError
+from utils.loading.checkpoint import load_model
 from weights import hub, registry
 from weights.__main__ import main as weights_main
 from weights.registry import Entry
@@ -134,18 +135,31 @@ def test_file_without_published_checksum_is_not_downloaded_unless_a_sha256_is_gi
 
 
 def test_converted_file_is_cached_beside_the_download_and_reused(torch_home, tiny_bytes, monkeypatch):
-    entry = _entry(monkeypatch, tiny_bytes, converter=registry.CONVERT_BGR_RECORD)
+    entry = _entry(monkeypatch, tiny_bytes, converter=registry.CONVERT_BGR_TO_RGB)
     server = _Server({entry.filename: tiny_bytes})
     try:
         path = hub.fetch("test-ssd", base_url=server.url, progress=False)
         assert os.path.dirname(path) == str(torch_home) and path != str(torch_home / entry.filename)
-        ckpt = torch.load(path, weights_only=True)
-        assert ckpt["config"]["input_order"] == "BGR" and len(ckpt["class_names"]) == 5
         os.remove(torch_home / entry.filename)  # the converted file alone is enough now
         assert hub.fetch("test-ssd", base_url=server.url, progress=False) == path
         assert len(server.requests) == 1
     finally:
         server.close()
+    # the Caffe (BGR) model, converted, gives on an RGB batch what the original gives on the BGR batch
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["config"]["input_order"] == "RGB" and ckpt["config"]["conv1_input_flipped_from"] == "BGR"
+    original, _ = load_model(make_checkpoint_path(tiny_bytes, torch_home.parent), "train")
+    converted, _ = load_model(path, "train")
+    rgb = torch.randn(1, 3, 300, 300) * 50
+    with torch.no_grad():
+        assert torch.allclose(converted.eval().forward_raw(rgb)[1], original.eval().forward_raw(rgb.flip(1))[1],
+                              atol=1e-5)
+
+
+def make_checkpoint_path(data, folder):
+    path = folder / "original.pth"
+    path.write_bytes(data)
+    return str(path)
 
 
 def test_local_path_wins_over_a_registry_name(tmp_path, monkeypatch, torch_home):

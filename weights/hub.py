@@ -98,14 +98,20 @@ def _convert_vgg(src: str, dst: str) -> None:
     convert_file(src, dst, fold_input_norm=True)
 
 
-def _record_bgr(src: str, dst: str) -> None:
-    """ssd.pytorch's Caffe-converted VOC model as a checkpoint recording its BGR input (and VOC class names)."""
+def _bgr_to_rgb(src: str, dst: str) -> None:
+    """ssd.pytorch's Caffe-converted VOC model, made to take this project's RGB input: conv1_1's input channels
+    are reversed, so ``conv(rgb, flipped) == conv(bgr, original)`` exactly (zero padding is zero in both orders,
+    and the per-colour means are subtracted before the network either way). Works unchanged for every backend
+    (PyTorch, ONNX, TorchScript); the checkpoint records what was done."""
     from utils.loading.checkpoint import default_class_names, read_checkpoint, split_checkpoint
     from utils.loading.config import ModelConfig
 
     state, _ = split_checkpoint(read_checkpoint(src), src)
     config = ModelConfig.from_state(state, None, src).to_dict()
-    config.update({"input_order": "BGR", "source": "ssd.pytorch ssd_300_VOC0712.pth (Caffe SSD, BGR input)"})
+    state = dict(state)
+    state["vgg.0.weight"] = state["vgg.0.weight"].flip(1).contiguous()
+    config.update({"input_order": "RGB", "conv1_input_flipped_from": "BGR",
+                   "source": "ssd.pytorch ssd_300_VOC0712.pth (Caffe SSD trained on BGR; conv1_1 channels reversed)"})
     with atomic_write(dst, suffix=".tmp") as tmp:
         torch.save({"model": state, "class_names": default_class_names(config["num_classes"]), "config": config}, tmp)
 
@@ -113,7 +119,7 @@ def _record_bgr(src: str, dst: str) -> None:
 CONVERTERS: Dict[str, Callable[[str, str], None]] = {
     registry.CONVERT_TORCHVISION_SSD: _convert_torchvision,
     registry.CONVERT_VGG_FOLD: _convert_vgg,
-    registry.CONVERT_BGR_RECORD: _record_bgr,
+    registry.CONVERT_BGR_TO_RGB: _bgr_to_rgb,
 }
 
 

@@ -22,7 +22,7 @@ SSD_PYTORCH_BASE_URL = "https://s3.amazonaws.com/amdegroot-models/"
 # converter names (weights.hub maps them to functions); None = the file is used as downloaded
 CONVERT_TORCHVISION_SSD = "torchvision-ssd"   # weights.convert_torchvision: keys + 91 → 81 classes + behaviour
 CONVERT_VGG_FOLD = "vgg-fold-input-norm"      # weights.convert_vgg --fold-input-norm
-CONVERT_BGR_RECORD = "record-bgr"             # wrap ssd.pytorch's Caffe file with input_order "BGR"
+CONVERT_BGR_TO_RGB = "bgr-to-rgb"             # ssd.pytorch's Caffe (BGR) file: conv1_1 input channels reversed
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ REGISTRY: Tuple[Entry, ...] = (
     Entry("ssd300-voc-caffe", "detector", "ssd_300_VOC0712.pth", SSD_PYTORCH_BASE_URL, None, None,
           "VOC (20)", "BGR", "VOC2007+2012 trainval (original Caffe SSD)",
           "77.2 % mAP, VOC2007 test (SSD paper); 77.26 % converted (ssd.pytorch README)",
-          CONVERT_BGR_RECORD, "≈105 MB", "weiliu89 Caffe SSD, converted by ssd.pytorch"),
+          CONVERT_BGR_TO_RGB, "≈105 MB", "weiliu89 Caffe SSD, converted by ssd.pytorch"),
     Entry("vgg16-reducedfc", "basenet", "vgg16_reducedfc.pth", SSD_PYTORCH_BASE_URL, None, None,
           "-", "BGR", "ImageNet (Caffe VGG-16, fc6/fc7 reduced)", "-",
           None, "≈82 MB", "ssd.pytorch (amdegroot)"),
