@@ -12,7 +12,7 @@ field              ssd.pytorch (default)                     torchvision (``ssd3
 ``clip_before_nms`` False: boxes are clipped after NMS        True: decoded boxes clipped to the image first
 ``nms_candidates``  200 per class before NMS                  400 (``topk_candidates``)
 ``max_per_image``   None (up to 200 per class)                200 (``detections_per_img``)
-``input_order``     ``"RGB"``                                  ``"RGB"`` (``"BGR"``: ssd.pytorch's Caffe file)
+``input_order``     ``"RGB"``                                  ``"RGB"`` (``"BGR"``: a BGR-trained file as is)
 =================  ========================================  ===============================================
 
 :func:`behaviour_of` reads them from a stored config (missing = ssd.pytorch's); :func:`apply_behaviour` sets them on
