@@ -93,3 +93,19 @@ def test_convert_to_a_class_file_without_any_match_is_refused(coco_model, tmp_pa
     with pytest.raises(UserError, match="no class") as exc:
         convert_main([coco_model, "--classes", str(labels), "-o", str(tmp_path / "x.pth")])
     assert exc.value.code == 2 and not (tmp_path / "x.pth").exists()
+
+
+def test_load_pretrained_into_a_fresh_model_reports_and_loads(coco_model):
+    from weights.finetune import load_pretrained_into
+
+    torch.manual_seed(3)
+    model = ModelConfig(300, 4, 0.125, prior_config="COCO").build("train")
+    fresh_new_row = model.conf[0].weight.view(4, 4, *model.conf[0].weight.shape[1:])[:, 2].clone()
+    report = load_pretrained_into(model, ["Dog", "unicorn", "tvmonitor"], coco_model)
+    assert report.transferred == [("Dog", "dog"), ("tvmonitor", "tv")] and report.new == ["unicorn"]
+    src, _ = load_model(coco_model, "train")
+    assert torch.equal(model.vgg[0].weight, src.vgg[0].weight)
+    w = model.conf[0].weight.view(4, 4, *model.conf[0].weight.shape[1:])
+    w_src = src.conf[0].weight.view(4, 81, *src.conf[0].weight.shape[1:])
+    assert torch.equal(w[:, 1], w_src[:, COCO_CLASSES.index("dog") + 1]) and torch.equal(w[:, 2], fresh_new_row)
+    assert "2 classes transferred: Dog (from dog), tvmonitor (from tv); 1 new: unicorn" == report.summary()

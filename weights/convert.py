@@ -22,9 +22,8 @@ from data.coco import COCO_CLASSES
 from data.voc0712 import VOC_CLASSES
 from utils.errors import UserError, run_cli
 from utils.labels import read_class_names
-from utils.loading.checkpoint import default_class_names, read_checkpoint, save_checkpoint, split_checkpoint
-from utils.loading.config import ModelConfig
-from weights.finetune import Transfer, transfer_state
+from utils.loading.checkpoint import save_checkpoint
+from weights.finetune import Transfer, load_trained, transfer_state
 from weights.hub import resolve_model_path
 
 CLASS_SETS = {"voc": VOC_CLASSES, "coco": COCO_CLASSES}
@@ -34,15 +33,6 @@ def class_set(spec: str) -> List[str]:
     """``voc`` / ``coco`` (any case) or a class-name file (one name per line)."""
     named = CLASS_SETS.get(spec.lower())
     return list(named) if named is not None else read_class_names(spec, what="--classes file", code=2)
-
-
-def load_trained(path: str) -> Tuple[Dict[str, torch.Tensor], List[str], Dict[str, Any], ModelConfig]:
-    """``(state, class_names, stored config, ModelConfig)`` of a trained SSD file (any accepted format)."""
-    state, meta = split_checkpoint(read_checkpoint(path), path)
-    stored = dict(meta.get("config") or {})
-    config = ModelConfig.from_state(state, stored, path)
-    names = list(meta.get("class_names") or default_class_names(config.num_classes))
-    return state, names, stored, config
 
 
 def convert_classes(path: str, target_names: Sequence[str], seed: int = 0) -> Tuple[Dict[str, Any], Transfer]:

@@ -40,6 +40,7 @@ import torch
 from data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from utils.errors import UserError, run_cli
 from utils.io import atomic_write
+from utils.loading.checkpoint import read_checkpoint, split_checkpoint
 from utils.loading.config import ModelConfig
 from weights.behaviour import TORCHVISION
 
@@ -128,8 +129,6 @@ def convert_torchvision_ssd(state: Mapping[str, torch.Tensor], keep: Optional[Se
 
 def convert_file(src: str, dst: str) -> Dict[str, object]:
     """Read ``src`` (weights-only), convert, write ``dst`` atomically. Returns the checkpoint dict."""
-    from utils.loading.checkpoint import read_checkpoint, split_checkpoint
-
     if os.path.abspath(src) == os.path.abspath(dst):
         raise UserError(f"output would overwrite the input: {dst} — choose another -o path", code=2)
     state, _ = split_checkpoint(read_checkpoint(src), src)

@@ -13,11 +13,13 @@ row ``a * C + c`` (anchor-major, as the NHWC flatten in ``SSD.forward_raw`` requ
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
 from utils.errors import UserError
+from utils.loading.checkpoint import default_class_names, read_checkpoint, split_checkpoint
+from utils.loading.config import ModelConfig
 
 # VOC name -> COCO name; matching uses the COCO spelling for both sides
 SYNONYMS: Dict[str, str] = {"aeroplane": "airplane", "motorbike": "motorcycle", "sofa": "couch",
@@ -98,3 +100,24 @@ def transfer_state(source: Mapping[str, torch.Tensor], source_names: Sequence[st
     report = Transfer([(t, source_names[i]) for t, i in zip(target_names, matches) if i is not None],
                       [t for t, i in zip(target_names, matches) if i is None])
     return out, report
+
+
+def load_trained(path: str) -> Tuple[Dict[str, torch.Tensor], List[str], Dict[str, Any], ModelConfig]:
+    """``(state, class_names, stored config, ModelConfig)`` of a trained SSD file (any accepted format)."""
+    state, meta = split_checkpoint(read_checkpoint(path), path)
+    stored = dict(meta.get("config") or {})
+    config = ModelConfig.from_state(state, stored, path)
+    names = list(meta.get("class_names") or default_class_names(config.num_classes))
+    return state, names, stored, config
+
+
+def load_pretrained_into(model: torch.nn.Module, class_names: Sequence[str], path: str) -> Transfer:
+    """``train.py --pretrained``: put a trained SSD file's weights into ``model`` (already initialised the way a
+    from-scratch run is, for ``class_names`` without background) via :func:`transfer_state`. Returns the report.
+
+    UserError (one line) if the file's architecture differs from the model's (size, width, stem, batch norm).
+    """
+    state, names, _, _ = load_trained(path)
+    new_state, report = transfer_state(state, names, model.state_dict(), list(class_names), path)
+    model.load_state_dict(new_state, strict=True)
+    return report

@@ -25,7 +25,9 @@ import torch
 
 from utils.errors import UserError
 from utils.io import atomic_write
-from weights import registry
+from utils.loading.checkpoint import default_class_names, read_checkpoint, split_checkpoint
+from utils.loading.config import ModelConfig
+from weights import convert_torchvision, convert_vgg, registry
 from weights.registry import Entry
 
 BASE_URL_ENV = "SSD_WEIGHTS_BASE_URL"
@@ -89,13 +91,11 @@ def converted_path(entry: Entry) -> str:
 
 
 def _convert_torchvision(src: str, dst: str) -> None:
-    from weights.convert_torchvision import convert_file
-    convert_file(src, dst)
+    convert_torchvision.convert_file(src, dst)
 
 
 def _convert_vgg(src: str, dst: str) -> None:
-    from weights.convert_vgg import convert_file
-    convert_file(src, dst, fold_input_norm=True)
+    convert_vgg.convert_file(src, dst, fold_input_norm=True)
 
 
 def _bgr_to_rgb(src: str, dst: str) -> None:
@@ -103,9 +103,6 @@ def _bgr_to_rgb(src: str, dst: str) -> None:
     are reversed, so ``conv(rgb, flipped) == conv(bgr, original)`` exactly (zero padding is zero in both orders,
     and the per-colour means are subtracted before the network either way). Works unchanged for every backend
     (PyTorch, ONNX, TorchScript); the checkpoint records what was done."""
-    from utils.loading.checkpoint import default_class_names, read_checkpoint, split_checkpoint
-    from utils.loading.config import ModelConfig
-
     state, _ = split_checkpoint(read_checkpoint(src), src)
     config = ModelConfig.from_state(state, None, src).to_dict()
     state = dict(state)
