@@ -118,7 +118,7 @@ def test_server_down_gives_one_line_naming_url_file_and_folder_and_exit_1(torch_
 
 
 def test_file_without_published_checksum_is_not_downloaded_unless_a_sha256_is_given(torch_home, tiny_bytes,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, capsys):
     entry = _entry(monkeypatch, tiny_bytes, sha256=None)
     server = _Server({entry.filename: tiny_bytes})
     try:
@@ -127,9 +127,11 @@ def test_file_without_published_checksum_is_not_downloaded_unless_a_sha256_is_gi
         assert server.requests == []
         with pytest.raises(UserError, match="checksum mismatch"):
             hub.fetch("test-ssd", base_url=server.url, sha256="00" * 32, progress=False)
-        path = hub.fetch("test-ssd", base_url=server.url, sha256=hashlib.sha256(tiny_bytes).hexdigest(),
-                         progress=False)
-        assert os.path.getsize(path) == len(tiny_bytes)
+        monkeypatch.setattr(registry, "names", lambda kind=None: ["test-ssd"])
+        assert weights_main(["fetch", "test-ssd", "--base-url", server.url,
+                             "--sha256", hashlib.sha256(tiny_bytes).hexdigest()]) == 0
+        path = capsys.readouterr().out.strip()
+        assert path == str(torch_home / entry.filename) and os.path.getsize(path) == len(tiny_bytes)
     finally:
         server.close()
 

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import urllib.error
 from typing import Callable, Dict, Optional
@@ -66,10 +67,13 @@ def download(entry: Entry, base_url: Optional[str] = None, sha256: Optional[str]
             raise
         raise UserError(f"checksum mismatch for {url}: {exc} — the file was refused and nothing was cached; "
                         f"try again later or put a verified {entry.filename} in {folder}") from None
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise UserError(f"cannot download {url} ({reason}) — on a machine without internet access, copy "
                         f"{entry.filename} into {folder} by hand") from None
+    except OSError as exc:  # the network part worked: writing the file did not
+        raise UserError(f"cannot save {entry.filename} into {folder} ({exc.strerror or exc}) — free some space or "
+                        "set TORCH_HOME to a writable folder") from None
     return path
 
 
