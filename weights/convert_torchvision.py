@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Sequence
 
 import torch
 
