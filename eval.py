@@ -115,14 +115,14 @@ def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, A
     from data.common import check_dir
     from utils.device import resolve_device
     from utils.metrics.evaluation import coco_json_path, evaluate_model
-    from utils.inference.predictor import Predictor
+    from utils.inference import open_predictor
 
     device = resolve_device(args.device, args.cuda)
     check_dir(root, "dataset root", "pass --dataset_root (or --voc_root) pointing at the dataset")
     _check_output_folder(args.save_folder)
     if args.json_path:  # before the (long) evaluation, not after it
         _check_output_folder(os.path.dirname(os.path.abspath(args.json_path)), "--json folder")
-    predictor = Predictor.load(args.trained_model, args.backend, device=device, amp=args.amp, compile=args.compile, size=args.size,
+    predictor = open_predictor(args.trained_model, args.backend, device=device, amp=args.amp, compile=args.compile, size=args.size,
                                top_k=args.top_k, conf_thresh=args.confidence_threshold)
     # keep_difficult: the devkit scores difficult objects as "ignore", so they must be loaded
     dataset = build_dataset(args.dataset, root, set_name, transform=None, keep_difficult=True, year=args.year)

@@ -11,9 +11,8 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
+import tempfile
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
@@ -21,31 +20,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.bench_export import run_benchmark as run_onnx  # noqa: E402
+from benchmarks.bench_train import check_baseline_matches, random_targets, time_config  # noqa: E402
+from benchmarks.timing import make_frames, timeit  # noqa: E402,F401  (re-exported for older callers)
 from ssd import build_ssd  # noqa: E402
-from utils.device import amp_dtype, autocast, resolve_device  # noqa: E402
+from utils.device import amp_dtype, resolve_device  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
-from utils.inference.predictor import Predictor  # noqa: E402
+from utils.inference import Predictor, open_predictor  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
 
 SSD300_GFLOP = 62.75  # per 300x300 image (multiply-add = 2 FLOP)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timeit(fn: Callable[[], Any], device: torch.device, reps: int, warmup: int = 1) -> float:
-    """Median seconds of ``reps`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def conv_ceiling(device: torch.device, dtype: torch.dtype, reps: int, batch: int) -> Dict[str, float]:
@@ -64,41 +48,23 @@ def conv_ceiling(device: torch.device, dtype: torch.dtype, reps: int, batch: int
     return {"best_gflops": best, "per_shape": per}
 
 
-def make_frames(n: int, seed: int = 0) -> List[np.ndarray]:
-    """VOC-sized uint8 RGB frames (500x375) with some structure."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n):
-        base = rng.integers(0, 255, size=(375 // 25 + 1, 500 // 25 + 1, 3), dtype=np.uint8)
-        import cv2
-        frames.append(cv2.resize(base, (500, 375), interpolation=cv2.INTER_CUBIC))
-    return frames
-
-
 def bench_ours(device: torch.device, frames: List[np.ndarray], batch: int, amp: bool, reps: int,
                weights: Optional[str], compile: bool = False) -> Dict[str, float]:
     if weights:
-        pred = Predictor.from_checkpoint(weights, device=device, amp=amp, compile=compile)
+        pred = open_predictor(weights, device=device, amp=amp, compile=compile)
     else:
         torch.manual_seed(0)
         model = build_ssd("test", 300, 21)
         pred = Predictor(model, [f"c{i}" for i in range(20)], 300, device, amp, compile=compile)
     net = pred.model
-    raw = pred._raw if compile else net.forward_raw
     imgs = frames[:batch]
     x = pred.preprocess(imgs).to(device)
     if pred.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-
-    def forward():
-        with torch.inference_mode(), autocast(device, amp):
-            return raw(x)
-
-    t_fwd = timeit(forward, device, reps)
-    with torch.inference_mode(), autocast(device, amp):
-        loc, conf = raw(x)
-        probs = torch.softmax(conf.float(), -1)
-    t_det = timeit(lambda: net.detect(loc, probs, net.priors), device, reps)
+    # the network alone (compiled with --compile), then Detect alone on its outputs: the public halves of run()
+    t_fwd = timeit(lambda: pred.forward_raw(x), device, reps)
+    inputs = net.detect_inputs(*pred.forward_raw(x))
+    t_det = timeit(lambda: net.detect(*inputs), device, reps)
     t_e2e = timeit(lambda: pred.predict(imgs), device, reps)
     return {"forward_img_s": batch / t_fwd, "e2e_img_s": batch / t_e2e, "detect_ms": t_det * 1e3,
             "detect_share_of_forward": t_det / t_fwd, "forward_gflops": SSD300_GFLOP * batch / t_fwd}
@@ -123,14 +89,12 @@ def bench_torchvision(device: torch.device, frames: List[np.ndarray], batch: int
 def bench_video(device: torch.device, weights: Optional[str], reps: int, frames: int = 96,
                 width: int = 480, height: int = 360) -> Dict[str, Any]:
     """object_detection.py's streaming path (decode → batch → predict → draw → encode) vs predict() alone."""
-    import tempfile
-
     import object_detection as od
     from data.synthetic import generate_video
     from utils.media.video import VideoReader
 
     if weights:
-        pred = Predictor.from_checkpoint(weights, device=device, conf_thresh=0.5)
+        pred = open_predictor(weights, device=device, conf_thresh=0.5)
     else:
         torch.manual_seed(0)
         pred = Predictor(build_ssd("test", 300, 21), [f"c{i}" for i in range(20)], 300, device)
@@ -223,7 +187,6 @@ def main(argv=None) -> int:
               f"{r['detect_ms']:>10.1f}{100 * r['detect_share_of_forward']:>7.1f}%")
     if "train" in sections:
         def train_section():
-            from benchmarks.bench_train import check_baseline_matches, random_targets, time_config
             targs = argparse.Namespace(size=300, num_classes=21, width=1.0, batch_norm=False, batch_size=8,
                                        warmup=1, iters=max(2, reps // 2))
             check_baseline_matches(build_ssd("train", 300, 21), random_targets(8, 21))
@@ -245,12 +208,10 @@ def main(argv=None) -> int:
               f"object_detection pipeline {v['pipeline_fps']:.2f} frames/s, ratio {v['ratio']:.2f}")
     if "onnx" in sections:
         def onnx_section():
-            from benchmarks.bench_export import run_benchmark as run_onnx
             return run_onnx(batches=batches, reps=reps)
         result["onnx"] = optional_section("onnx", onnx_section)
         print("onnx:", json.dumps(result["onnx"], indent=None, default=str))
     if args.json:
-        from utils.io import atomic_write
         with atomic_write(args.json) as tmp:
             with open(tmp, "w") as fh:
                 json.dump(result, fh, indent=2, default=str)

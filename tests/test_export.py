@@ -11,8 +11,11 @@ import torch
 from ssd import build_ssd
 from utils.loading.checkpoint import model_config, save_checkpoint
 from utils.errors import UserError
-from utils.deploy.export import export_onnx, export_torchscript, main as export_main
-from utils.inference.predictor import Predictor
+from utils.deploy.export import export_onnx, export_torchscript
+from utils.export import main as export_main
+from utils.inference import open_predictor
+from utils.inference.runners import ORT_MISSING, OnnxRunner, load_exported
+from utils.loading.exported import load_torchscript
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -87,7 +90,6 @@ def test_onnx_files_declare_a_dynamic_batch_and_carry_class_names(exported):
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["size"] == "300" and props["with_nms"] == "1"
-    from utils.deploy.runners import OnnxRunner
     runner = OnnxRunner(exported["onnx_nms"])
     assert runner.class_names == NAMES and runner.size == 300 and runner.with_nms
 
@@ -138,7 +140,6 @@ def test_torchscript_exports_match_pytorch_after_plain_jit_load(model, exported)
 
 
 def test_runner_on_raw_onnx_applies_detect_like_pytorch(model, exported):
-    from utils.deploy.runners import load_exported
     x = image_batch(2, seed=3)
     with torch.no_grad():
         expected = model(x)
@@ -148,7 +149,6 @@ def test_runner_on_raw_onnx_applies_detect_like_pytorch(model, exported):
 
 def test_nms_file_with_stricter_threshold_and_smaller_top_k_equals_detect_with_them(model, exported):
     from layers.detection import Detect
-    from utils.deploy.runners import OnnxRunner
     x = image_batch(2, seed=6)
     with torch.no_grad():
         loc, conf = model.forward_raw(x)
@@ -159,7 +159,6 @@ def test_nms_file_with_stricter_threshold_and_smaller_top_k_equals_detect_with_t
 
 
 def test_static_batch_export_runs_other_batch_sizes_in_chunks(model, tmp_path):
-    from utils.deploy.runners import OnnxRunner
     path = str(tmp_path / "b2.onnx")
     export_onnx(model, path, NAMES, with_nms=True, batch=2)
     runner = OnnxRunner(path)
@@ -178,12 +177,12 @@ def test_onnx_through_predictor_gives_the_checkpoints_detections(model, tmp_path
     assert export_main([ckpt, "--format", "onnx", "-o", path, "--with-nms"]) == 0
     assert "check: max relative difference" in capsys.readouterr().out
 
-    # the keyword arguments eval.py / object_detection.py give Predictor.from_checkpoint are accepted as well
-    onnx_predictor = Predictor.from_onnx(path, device=torch.device("cpu"), amp=False, size=300, top_k=200,
-                                         conf_thresh=0.01)
+    # the keyword arguments eval.py / object_detection.py give a checkpoint are accepted as well
+    onnx_predictor = open_predictor(path, device=torch.device("cpu"), amp=False, size=300, top_k=200,
+                                    conf_thresh=0.01)
     with pytest.raises(UserError, match="SSD300 export"):
-        Predictor.from_onnx(path, size=512)
-    torch_predictor = Predictor.from_checkpoint(ckpt)
+        open_predictor(path, size=512)
+    torch_predictor = open_predictor(ckpt)
     assert onnx_predictor.class_names == NAMES and onnx_predictor.size == 300
     x, sizes = image_batch(2, seed=5), [(240, 320), (300, 300)]
     got, expected = onnx_predictor.predict_batch(x, sizes), torch_predictor.predict_batch(x, sizes)
@@ -199,15 +198,13 @@ def test_onnx_through_predictor_gives_the_checkpoints_detections(model, tmp_path
 
 
 def test_missing_onnxruntime_is_one_clear_error(exported, monkeypatch):
-    from utils.deploy.runners import ORT_MISSING
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
     with pytest.raises(UserError) as err:
-        Predictor.from_onnx(exported["onnx_raw"])
+        open_predictor(exported["onnx_raw"])
     assert err.value.message == "onnxruntime is not installed: pip install onnxruntime" == ORT_MISSING
 
 
 def test_nms_file_refuses_other_thresholds_and_foreign_onnx_files(exported, tmp_path):
-    from utils.deploy.runners import OnnxRunner
     for settings in ({"conf_thresh": 0.001}, {"top_k": 300}, {"nms_thresh": 0.5}):
         with pytest.raises(UserError, match="NMS built in"):
             OnnxRunner(exported["onnx_nms"], **settings)
@@ -236,7 +233,6 @@ def test_export_cli_reports_bad_input_without_traceback(model, tmp_path):
 
 def test_cli_writes_a_loadable_torchscript_file_and_reports_errors_on_one_line(model, tmp_path, capsys):
     from utils.errors import run_cli
-    from utils.deploy.export import load_torchscript
     ckpt = str(tmp_path / "tiny.pth")
     save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model)}, ckpt)
     path = str(tmp_path / "tiny.pt")
