@@ -9,6 +9,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from ssd import SSD
 from utils.cli import Parser
 from utils.deploy.export import CHECK_TOLERANCE, DEFAULT_OPSET, MIN_OPSET, check_export, export_onnx, \
     export_torchscript
@@ -60,7 +61,7 @@ def _check_settings(args: argparse.Namespace) -> None:
         raise UserError("--nms-thresh must be in (0, 1] and --conf-thresh in [0, 1)", code=2)
 
 
-def _report_check(args: argparse.Namespace, model) -> int:
+def _report_check(args: argparse.Namespace, model: SSD) -> int:
     """Compare the written file with PyTorch; 1 when they differ by more than CHECK_TOLERANCE."""
     try:
         diff = check_export(model, args.output, args.format, args.batch)

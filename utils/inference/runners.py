@@ -147,7 +147,9 @@ class OnnxRunner(ExportedRunner):
 
 
 class TorchScriptRunner(ExportedRunner):
-    """An exported TorchScript SSD (``--format torchscript``): same contract as :class:`OnnxRunner`."""
+    """An exported TorchScript SSD (``--format torchscript``): same contract as :class:`OnnxRunner`, run on the CPU.
+
+    Files with NMS call ``torchvision::nms``: registered here by :mod:`layers.box_utils`' torchvision import."""
 
     def __init__(self, path: str, top_k: Optional[int] = None, conf_thresh: Optional[float] = None,
                  nms_thresh: Optional[float] = None) -> None:
