@@ -13,7 +13,7 @@ import os
 import platform
 import sys
 import tempfile
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
@@ -124,7 +124,61 @@ def optional_section(name: str, fn: Callable[[], Dict[str, Any]]) -> Dict[str, A
         return {"skipped": f"{name}: {exc}"}
 
 
-def main(argv=None) -> int:
+def bench_train_step(device: torch.device, reps: int) -> Dict[str, Any]:
+    """Training step (batch 8) of benchmarks.bench_train's configurations; speed-ups vs its baseline on CPU."""
+    targs = argparse.Namespace(size=300, num_classes=21, width=1.0, batch_norm=False, batch_size=8,
+                               warmup=1, iters=max(2, reps // 2))
+    check_baseline_matches(build_ssd("train", 300, 21), random_targets(8, 21))
+    configs = ["baseline", "fp32-cl", "fp32-cl-frozen", "amp-cl"] if device.type == "cpu" else ["fp32-cl", "amp-cl"]
+    out = {c: time_config(c, targs, device) for c in configs}
+    if "baseline" in out:
+        for c in configs:
+            out[c]["speedup_vs_baseline"] = out[c]["images_per_s"] / out["baseline"]["images_per_s"]
+    return out
+
+
+Row = Tuple[str, Dict[str, float]]
+
+
+def bench_inference(device: torch.device, frames: List[np.ndarray], batches: List[int], sections: Set[str],
+                    reps: int, weights: Optional[str], compile: bool, result: Dict[str, Any]) -> List[Row]:
+    """torchvision and our configurations (fp32, fast, fast + compile) per batch size, into ``result``;
+    returns ``(key, numbers)`` of ours, in order, for the table."""
+    rows = []
+    for b in batches:
+        tv = bench_torchvision(device, frames, b, reps) if "torchvision" in sections else None
+        if tv:
+            result[f"torchvision_fp32_b{b}"] = tv
+        for amp, comp in ((False, False), (True, False), (True, True)):
+            if "ours" not in sections or (comp and not compile):
+                continue
+            r = bench_ours(device, frames, b, amp, reps, weights, comp)
+            key = f"ours_{'fast' if amp else 'fp32'}{'+compile' if comp else ''}_b{b}"
+            if tv:
+                r["e2e_vs_torchvision_fp32"] = r["e2e_img_s"] / tv["e2e_img_s"]
+            ceiling = result.get("conv_ceiling_fast" if amp else "conv_ceiling_fp32", {}).get("best_gflops")
+            if ceiling:
+                r["forward_fraction_of_conv_ceiling"] = r["forward_gflops"] / ceiling
+                r["e2e_fraction_of_conv_ceiling"] = r["e2e_img_s"] * SSD300_GFLOP / ceiling
+            result[key] = r
+            rows.append((key, r))
+    return rows
+
+
+def print_inference_table(result: Dict[str, Any], rows: List[Row], batches: List[int]) -> None:
+    print(f"\n{'config':<22}{'fwd img/s':>10}{'e2e img/s':>10}{'GFLOP/s':>9}{'vs tv':>7}{'ceil':>6}"
+          f"{'Detect ms':>10}{'Det/fwd':>8}")
+    for b in batches:
+        if f"torchvision_fp32_b{b}" in result:
+            print(f"{'torchvision b' + str(b):<22}{'':>10}{result[f'torchvision_fp32_b{b}']['e2e_img_s']:>10.2f}")
+    for key, r in rows:
+        print(f"{key:<22}{r['forward_img_s']:>10.2f}{r['e2e_img_s']:>10.2f}{r['forward_gflops']:>9.0f}"
+              f"{r.get('e2e_vs_torchvision_fp32', float('nan')):>7.2f}"
+              f"{r.get('e2e_fraction_of_conv_ceiling', float('nan')):>6.2f}"
+              f"{r['detect_ms']:>10.1f}{100 * r['detect_share_of_forward']:>7.1f}%")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
@@ -135,7 +189,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write all numbers here")
     parser.add_argument("--compile", action="store_true",
                         help="also measure the fast mode with torch.compile (--compile on the CLIs)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     reps = 3 if args.quick else args.reps
     batches = [int(b) for b in args.batches.split(",")]
@@ -157,47 +215,10 @@ def main(argv=None) -> int:
         result["conv_ceiling_fast"] = conv_ceiling(device, fast_dtype, reps, max(batches))
         print(f"conv ceiling: fp32 {result['conv_ceiling_fp32']['best_gflops']:.0f} GFLOP/s, "
               f"{fast_dtype} {result['conv_ceiling_fast']['best_gflops']:.0f} GFLOP/s")
-    rows = []
-    for b in batches:
-        tv = bench_torchvision(device, frames, b, reps) if "torchvision" in sections else None
-        if tv:
-            result[f"torchvision_fp32_b{b}"] = tv
-        for amp, comp in ((False, False), (True, False), (True, True)):
-            if "ours" not in sections or (comp and not args.compile):
-                continue
-            r = bench_ours(device, frames, b, amp, reps, args.weights, comp)
-            key = f"ours_{'fast' if amp else 'fp32'}{'+compile' if comp else ''}_b{b}"
-            if tv:
-                r["e2e_vs_torchvision_fp32"] = r["e2e_img_s"] / tv["e2e_img_s"]
-            ceiling = result.get("conv_ceiling_fast" if amp else "conv_ceiling_fp32", {}).get("best_gflops")
-            if ceiling:
-                r["forward_fraction_of_conv_ceiling"] = r["forward_gflops"] / ceiling
-                r["e2e_fraction_of_conv_ceiling"] = r["e2e_img_s"] * SSD300_GFLOP / ceiling
-            result[key] = r
-            rows.append((key, r))
-    print(f"\n{'config':<22}{'fwd img/s':>10}{'e2e img/s':>10}{'GFLOP/s':>9}{'vs tv':>7}{'ceil':>6}"
-          f"{'Detect ms':>10}{'Det/fwd':>8}")
-    for b in batches:
-        if f"torchvision_fp32_b{b}" in result:
-            print(f"{'torchvision b' + str(b):<22}{'':>10}{result[f'torchvision_fp32_b{b}']['e2e_img_s']:>10.2f}")
-    for key, r in rows:
-        print(f"{key:<22}{r['forward_img_s']:>10.2f}{r['e2e_img_s']:>10.2f}{r['forward_gflops']:>9.0f}"
-              f"{r.get('e2e_vs_torchvision_fp32', float('nan')):>7.2f}"
-              f"{r.get('e2e_fraction_of_conv_ceiling', float('nan')):>6.2f}"
-              f"{r['detect_ms']:>10.1f}{100 * r['detect_share_of_forward']:>7.1f}%")
+    rows = bench_inference(device, frames, batches, sections, reps, args.weights, args.compile, result)
+    print_inference_table(result, rows, batches)
     if "train" in sections:
-        def train_section():
-            targs = argparse.Namespace(size=300, num_classes=21, width=1.0, batch_norm=False, batch_size=8,
-                                       warmup=1, iters=max(2, reps // 2))
-            check_baseline_matches(build_ssd("train", 300, 21), random_targets(8, 21))
-            configs = ["baseline", "fp32-cl", "fp32-cl-frozen", "amp-cl"] if device.type == "cpu" \
-                else ["fp32-cl", "amp-cl"]
-            out = {c: time_config(c, targs, device) for c in configs}
-            if "baseline" in out:
-                for c in configs:
-                    out[c]["speedup_vs_baseline"] = out[c]["images_per_s"] / out["baseline"]["images_per_s"]
-            return out
-        result["train"] = optional_section("train", train_section)
+        result["train"] = optional_section("train", lambda: bench_train_step(device, reps))
         print("train step (batch 8, img/s):", ", ".join(
             f"{c} {r['images_per_s']:.2f}" + (f" ({r['speedup_vs_baseline']:.2f}x)" if "speedup_vs_baseline" in r
                                               else "") for c, r in result["train"].items() if isinstance(r, dict)))
@@ -207,9 +228,7 @@ def main(argv=None) -> int:
         print(f"video ({v['frames']} frames {v['size']}, batch 8): model only {v['model_only_fps']:.2f} frames/s, "
               f"object_detection pipeline {v['pipeline_fps']:.2f} frames/s, ratio {v['ratio']:.2f}")
     if "onnx" in sections:
-        def onnx_section():
-            return run_onnx(batches=batches, reps=reps)
-        result["onnx"] = optional_section("onnx", onnx_section)
+        result["onnx"] = optional_section("onnx", lambda: run_onnx(batches=batches, reps=reps))
         print("onnx:", json.dumps(result["onnx"], indent=None, default=str))
     if args.json:
         with atomic_write(args.json) as tmp:
@@ -217,7 +236,6 @@ def main(argv=None) -> int:
                 json.dump(result, fh, indent=2, default=str)
         print(f"\nwrote {args.json}")
     return 0
-
 
 if __name__ == "__main__":
     run_cli(main)
