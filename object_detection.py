@@ -375,7 +375,7 @@ def load_predictor(args: argparse.Namespace) -> Any:
     if not os.path.exists(model):  # before importing torch: this one should answer at once
         raise UserError(f"model file not found: {model} — check the path")
     from data.config import SUPPORTED_SIZES
-    from utils.inference import predictor as inference
+    from utils.inference import open_predictor
     from utils.device import resolve_device
 
     if args.size is not None and args.size not in SUPPORTED_SIZES:
@@ -392,7 +392,7 @@ def load_predictor(args: argparse.Namespace) -> Any:
     kwargs = dict(device=device, amp=args.amp, compile=args.compile, num_classes=num_classes, size=args.size, top_k=args.top_k,
                   conf_thresh=args.threshold, class_names=names)
     try:
-        return inference.Predictor.load(model, args.backend, **kwargs)
+        return open_predictor(model, args.backend, **kwargs)
     except UserError:
         raise
     except (RuntimeError, ValueError, OSError, KeyError, EOFError) as exc:  # anything the loader didn't word

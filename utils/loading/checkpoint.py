@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
@@ -167,13 +167,3 @@ def model_config(model: nn.Module) -> Dict[str, Any]:
     """The architecture fields stored in a checkpoint's ``config`` (enough to rebuild the model)."""
     return ModelConfig.from_model(model).to_dict()
 
-
-def default_class_names(num_classes: int) -> List[str]:
-    """Names for files that carry none: VOC for 21 classes, COCO for 81, else class_1..class_N."""
-    if num_classes == 21:
-        from data.voc0712 import VOC_CLASSES
-        return list(VOC_CLASSES)
-    if num_classes == 81:
-        from data.coco import COCO_CLASSES
-        return list(COCO_CLASSES)
-    return [f"class_{i}" for i in range(1, num_classes)]
