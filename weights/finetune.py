@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from utils.errors import UserError
-from utils.loading.checkpoint import default_class_names, read_checkpoint, split_checkpoint
+from utils.loading.checkpoint import read_checkpoint, split_checkpoint
+from utils.loading.names import default_class_names
 from utils.loading.config import ModelConfig
 
 # VOC name -> COCO name; matching uses the COCO spelling for both sides

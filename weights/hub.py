@@ -26,7 +26,8 @@ import torch
 
 from utils.errors import UserError
 from utils.io import atomic_write
-from utils.loading.checkpoint import default_class_names, read_checkpoint, split_checkpoint
+from utils.loading.checkpoint import read_checkpoint, split_checkpoint
+from utils.loading.names import default_class_names
 from utils.loading.config import ModelConfig
 from weights import convert_torchvision, convert_vgg, registry
 from weights.registry import Entry
