@@ -55,3 +55,19 @@ def test_machine_info_names_cpu_threads_isa_and_versions():
     assert info["precision_support"] == precision_support()
     line = machine_summary(info)
     assert info["cpu_model"] in line and f"torch on {info['torch_threads']} threads" in line
+
+
+def test_cpu_backends_quick_mode_writes_json_naming_the_machine(tmp_path):
+    """Smoke test of benchmarks/cpu_backends.py (no timing asserted: only that it runs and what it records)."""
+    pytest.importorskip("onnxruntime")
+    from benchmarks.cpu_backends import main
+
+    out = tmp_path / "bench.json"
+    assert main(["--quick", "--threads", "1", "--backends", "torch-fp32,ort-int8", "--no_torchvision",
+                 "--calib_images", "2", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_model"] and "isa" in report["machine"]
+    assert set(report["results"]) == {"b1", "b2"}
+    for row in report["results"].values():
+        assert set(row) == {"torch-fp32", "ort-int8"}
+        assert all(r["e2e_img_s"] > 0 and r["network_img_s"] > 0 and 0 <= r["gap"] < 1 for r in row.values())
