@@ -133,3 +133,12 @@ def test_bad_settings_are_refused_before_any_work(setup, tmp_path):
         quantize_onnx(setup["files"]["raw"], out, setup["data"], 2, method="kl")
     with pytest.raises(UserError, match="--calib_images must be positive"):
         quantize_onnx(setup["files"]["raw"], out, setup["data"], 0)
+
+
+def test_sensitivity_reports_one_error_per_keep_choice(setup, tmp_path):
+    from utils.deploy.quantize import keep_fp32_sensitivity
+
+    result = keep_fp32_sensitivity(setup["files"]["raw"], setup["data"], setup["images"].numpy(), str(tmp_path),
+                                   num_images=2, choices=((), ("first", "loc", "conf")))
+    assert set(result) == {"none", "first+loc+conf"}
+    assert all(0 < r["scores_max"] <= TOLERANCE["int8"] for r in result.values())

@@ -241,3 +241,22 @@ def int8_error(fp32_path: str, int8_path: str, images: np.ndarray) -> Dict[str, 
         diff = (r - g).abs()
         out[f"{name}_max"], out[f"{name}_mean"] = float(diff.max()), float(diff.mean())
     return out
+
+
+def keep_fp32_sensitivity(fp32_path: str, calib_dir: str, images: np.ndarray, workdir: str,
+                          num_images: int = DEFAULT_CALIB_IMAGES,
+                          choices: Sequence[Sequence[str]] = ((), ("first",), ("first", "conf"),
+                                                              ("first", "loc", "conf"))) -> Dict[str, Dict[str, float]]:
+    """Quantize the raw fp32 export once per ``keep_fp32`` choice and measure :func:`int8_error` on ``images``.
+
+    Which layer groups cost accuracy when quantized: the choice whose error drops most when a group is added is
+    the group to keep in fp32. Returns ``{'first+conf': {'loc_max': ..., 'scores_mean': ...}, ...}`` (``'none'``
+    for the empty choice). Files are written to ``workdir``.
+    """
+    results = {}
+    for keep in choices:
+        label = "+".join(keep) or "none"
+        out = os.path.join(workdir, f"int8_keep_{label}.onnx")
+        quantize_onnx(fp32_path, out, calib_dir, num_images, keep_fp32=keep)
+        results[label] = int8_error(fp32_path, out, images)
+    return results
