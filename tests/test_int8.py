@@ -142,3 +142,15 @@ def test_sensitivity_reports_one_error_per_keep_choice(setup, tmp_path):
                                    num_images=2, choices=((), ("first", "loc", "conf")))
     assert set(result) == {"none", "first+loc+conf"}
     assert all(0 < r["scores_max"] <= TOLERANCE["int8"] for r in result.values())
+
+
+def test_export_int8_writes_only_the_quantized_file(setup, tmp_path):
+    from utils.deploy.quantize import export_int8
+    from utils.loading.checkpoint import load_model
+
+    model, meta = load_model(setup["ckpt"], "test")
+    out = tmp_path / "m_int8.onnx"
+    written = export_int8(model, str(out), meta["class_names"], setup["data"], num_images=2, with_nms=True)
+    assert written["precision"] == "int8" and written["with_nms"] == "1"
+    assert _props(str(out)) == written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_int8.onnx"]  # no fp32 or temporary file left

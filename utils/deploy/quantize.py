@@ -202,6 +202,28 @@ def quantize_onnx(fp32_path: str, out_path: str, calib_dir: str, num_images: int
     return out_meta
 
 
+def export_int8(model: Any, out_path: str, class_names: Sequence[str], calib_dir: str,
+                num_images: int = DEFAULT_CALIB_IMAGES, with_nms: bool = False, batch: Optional[int] = None,
+                opset: Optional[int] = None, keep_fp32: Sequence[str] = DEFAULT_KEEP_FP32,
+                reduce_range: bool = False) -> Dict[str, str]:
+    """``python -m utils.export MODEL --int8 --calib DIR``: export ``model`` (an :class:`ssd.SSD`) to fp32 ONNX in a
+    temporary file beside ``out_path``, then write its calibrated int8 version to ``out_path``. Returns the
+    metadata of the int8 file. The fp32 file is removed whatever happens."""
+    import tempfile
+
+    from utils.deploy.export import DEFAULT_OPSET, export_onnx
+
+    folder = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(folder, exist_ok=True)
+    fd, fp32_path = tempfile.mkstemp(prefix=".fp32.", suffix=".onnx", dir=folder)
+    os.close(fd)
+    try:
+        export_onnx(model, fp32_path, class_names, with_nms, batch, opset or DEFAULT_OPSET)
+        return quantize_onnx(fp32_path, out_path, calib_dir, num_images, keep_fp32, reduce_range=reduce_range)
+    finally:
+        os.remove(fp32_path)
+
+
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
     """ORT's quantizer logs advice through the root logger; keep it off the CLI's output."""
