@@ -35,9 +35,18 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.machine import machine_info, machine_summary  # noqa: E402
+from data.synthetic import generate_dataset  # noqa: E402
+from utils.cpu import precision_problem  # noqa: E402
+from utils.deploy.export import export_onnx  # noqa: E402
+from utils.deploy.quantize import quantize_onnx  # noqa: E402
+from utils.deploy.runners import _import_onnxruntime, predictor_from_onnx  # noqa: E402
+from utils.device import autocast  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
+from utils.inference.openvino_runner import predictor_from_openvino  # noqa: E402
 from utils.inference.predictor import Predictor  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
+from utils.loading.checkpoint import load_model, save_checkpoint  # noqa: E402
+from utils.loading.config import ModelConfig  # noqa: E402
 
 BACKENDS = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8")
 # issue 19's targets, end to end vs torchvision fp32 (informational: printed and stored, never asserted)
@@ -72,10 +81,6 @@ def make_frames(n: int, seed: int = 0) -> List[np.ndarray]:
 def prepare_files(workdir: str, weights: Optional[str], calib: Optional[str], calib_images: int, width: float,
                   with_nms: bool, need_int8: bool) -> Dict[str, str]:
     """Checkpoint (given or random), its fp32 ONNX export and (if needed) the calibrated int8 one."""
-    from utils.deploy.export import export_onnx
-    from utils.loading.checkpoint import load_model, save_checkpoint
-    from utils.loading.config import ModelConfig
-
     files = {"checkpoint": weights or os.path.join(workdir, "random_ssd300.pth")}
     if not weights:
         torch.manual_seed(0)
@@ -87,10 +92,7 @@ def prepare_files(workdir: str, weights: Optional[str], calib: Optional[str], ca
     files["fp32"] = os.path.join(workdir, "fp32.onnx")
     export_onnx(model, files["fp32"], names, with_nms)
     if need_int8:
-        from utils.deploy.quantize import quantize_onnx
-
         if not calib:
-            from data.synthetic import generate_dataset
             calib = os.path.join(workdir, "calib_data")
             if not os.path.isdir(calib):
                 generate_dataset(calib, max(calib_images, 2), seed=0)
@@ -104,7 +106,6 @@ def open_backend(name: str, files: Dict[str, str], threads: int) -> Predictor:
     runtime, precision = name.split("-")
     if runtime == "torch":
         if precision == "bf16":
-            from utils.cpu import precision_problem
             why = precision_problem("bf16")
             if why:
                 raise UserError(why)
@@ -113,11 +114,9 @@ def open_backend(name: str, files: Dict[str, str], threads: int) -> Predictor:
     if runtime == "ort":
         if precision == "bf16":
             raise UserError("ONNX Runtime has no bf16 path on x86 CPUs")
-        from utils.deploy.runners import _import_onnxruntime, predictor_from_onnx
         options = _import_onnxruntime().SessionOptions()
         options.intra_op_num_threads = threads
         return predictor_from_onnx(path, sess_options=options)
-    from utils.inference.openvino_runner import predictor_from_openvino
     return predictor_from_openvino(path, precision=precision, threads=threads)
 
 
@@ -127,8 +126,6 @@ def open_backend(name: str, files: Dict[str, str], threads: int) -> Predictor:
 
 def bench_predictor(pred: Predictor, frames: List[np.ndarray], batch: int, reps: int) -> Dict[str, float]:
     """End to end (``predict`` on uint8 frames) and network only, img/s; gap = share of e2e time outside it."""
-    from utils.device import autocast
-
     imgs = frames[:batch]
     x = pred.preprocess(imgs)
     if isinstance(pred.model, torch.nn.Module):

@@ -29,11 +29,17 @@ import contextlib
 import json
 import logging
 import os
+import tempfile
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
+from data import build_dataset
+from data.transforms import preprocess_batch
+from utils.deploy.export import DEFAULT_OPSET, INPUT_NAME, export_onnx, parse_metadata
+from utils.deploy.runners import OnnxRunner
 from utils.errors import UserError
 from utils.io import atomic_write
 
@@ -60,8 +66,6 @@ def _import_quantization() -> Tuple[Any, Any]:
 def open_calibration_dataset(root: str) -> Any:
     """The dataset under ``root``: a custom VOC-layout folder with ``labels.txt`` (first split found of
     ``trainval``, ``train``, ``val``, ``test``), or a VOCdevkit folder (VOC2007/VOC2012 trainval)."""
-    from data import build_dataset
-
     if not os.path.isdir(root):
         raise UserError(f"--calib folder not found: {root} — give a dataset folder (labels.txt, JPEGImages/, "
                         "ImageSets/Main/) or a VOCdevkit", code=2)
@@ -82,8 +86,6 @@ def calibration_batches(dataset: Any, num_images: int, size: int, batch: int = 1
     """``num_images`` images spread evenly over ``dataset`` → float32 ``[batch, 3, size, size]`` arrays,
     preprocessed exactly as at inference (:func:`data.transforms.preprocess_batch`). The last batch is filled
     up by repeating its last image when ``batch`` does not divide ``num_images`` (fixed-batch files)."""
-    from data.transforms import preprocess_batch
-
     n = min(num_images, len(dataset))
     if n < 1:
         raise UserError(f"calibration dataset {getattr(dataset, 'root', '')} has no images", code=2)
@@ -163,8 +165,6 @@ def quantize_onnx(fp32_path: str, out_path: str, calib_dir: str, num_images: int
             every calibration activation in memory (~150 MB per SSD300 image), use them with few images.
     Returns the metadata written into the file.
     """
-    from utils.deploy.export import INPUT_NAME, parse_metadata
-
     onnx, q = _import_quantization()
     methods = {"minmax": q.CalibrationMethod.MinMax, "percentile": q.CalibrationMethod.Percentile,
                "entropy": q.CalibrationMethod.Entropy}
@@ -209,10 +209,6 @@ def export_int8(model: Any, out_path: str, class_names: Sequence[str], calib_dir
     """``python -m utils.export MODEL --int8 --calib DIR``: export ``model`` (an :class:`ssd.SSD`) to fp32 ONNX in a
     temporary file beside ``out_path``, then write its calibrated int8 version to ``out_path``. Returns the
     metadata of the int8 file. The fp32 file is removed whatever happens."""
-    import tempfile
-
-    from utils.deploy.export import DEFAULT_OPSET, export_onnx
-
     folder = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(folder, exist_ok=True)
     fd, fp32_path = tempfile.mkstemp(prefix=".fp32.", suffix=".onnx", dir=folder)
@@ -250,10 +246,6 @@ def int8_error(fp32_path: str, int8_path: str, images: np.ndarray) -> Dict[str, 
     """How far the int8 file's raw outputs are from the fp32 file's on ``images [B, 3, S, S]`` (ONNX Runtime,
     raw exports): ``{'loc_max', 'loc_mean', 'scores_max', 'scores_mean'}`` absolute differences — to compare
     ``keep_fp32`` choices when mAP is too slow to measure."""
-    import torch
-
-    from utils.deploy.runners import OnnxRunner
-
     ref = OnnxRunner(fp32_path).outputs(torch.from_numpy(images))
     got = OnnxRunner(int8_path).outputs(torch.from_numpy(images))
     if len(ref) != 3:

@@ -32,9 +32,12 @@ import numpy as np
 import torch
 
 from utils.cpu import precision_problem
-from utils.errors import UserError
-# the one place this module depends on where the shared runner code lives (re-point it when runners move)
+# the one place this module depends on where the shared runner code and the export metadata reader live
+# (re-point these two imports when they move to utils.inference)
+from utils.deploy.export import parse_metadata
 from utils.deploy.runners import ExportedRunner
+from utils.errors import UserError
+from utils.inference.predictor import Predictor
 
 OPENVINO_MISSING = "openvino is not installed: pip install openvino (needed for --backend openvino)"
 PRECISIONS = ("fp32", "bf16", "int8")
@@ -97,8 +100,6 @@ class OpenVinoRunner(ExportedRunner):
     def __init__(self, path: str, precision: Optional[str] = None, threads: Optional[int] = None,
                  device: str = "CPU", top_k: Optional[int] = None, conf_thresh: Optional[float] = None,
                  nms_thresh: Optional[float] = None) -> None:
-        from utils.deploy.export import parse_metadata  # moves with the metadata helpers (see H2's refactor)
-
         ov = import_openvino()
         if not os.path.isfile(path):
             raise UserError(f"model not found: {path} — check the path or export one with "
@@ -168,8 +169,6 @@ def predictor_from_openvino(path: str, class_names: Optional[Sequence[str]] = No
     ``providers``, ``sess_options`` are accepted and ignored: OpenVINO runs on the CPU at ``precision``).
     ``size`` / ``num_classes``, when given, must agree with the file; ``class_names`` override the file's.
     """
-    from utils.inference.predictor import Predictor
-
     unknown = set(ignored) - {"device", "amp", "channels_last", "compile", "providers", "sess_options"}
     if unknown:
         raise TypeError(f"unexpected arguments {sorted(unknown)}")
