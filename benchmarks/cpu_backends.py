@@ -48,6 +48,7 @@ from utils.io import atomic_write  # noqa: E402
 from utils.loading.checkpoint import load_model, save_checkpoint  # noqa: E402
 from utils.loading.config import ModelConfig  # noqa: E402
 
+DEFAULT_BATCHES = "1,8"
 BACKENDS = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8")
 # issue 19's targets, end to end vs torchvision fp32 (informational: printed and stored, never asserted)
 TARGETS = {"fp32_best": 1.4, "amx": {"int8": 10.0, "bf16": 5.0}, "avx512_vnni": {"int8": 3.0}}
@@ -201,6 +202,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                 row["torchvision-fp32"] = bench_torchvision(frames, b, args.reps)
             for name, pred in preds.items():
                 row[name] = bench_predictor(pred, frames, b, args.reps) if not isinstance(pred, str) else pred
+                if hasattr(getattr(pred, "model", None), "describe"):  # OpenVINO: the precision it really ran
+                    row[name]["runtime"] = pred.model.describe()
                 tv = row.get("torchvision-fp32", {}).get("e2e_img_s")
                 if tv and isinstance(row[name], dict):
                     row[name]["vs_torchvision"] = row[name]["e2e_img_s"] / tv
@@ -221,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="checkpoint to export (default: random SSD300, 21 classes)")
     p.add_argument("--calib", default=None, help="dataset folder for int8 calibration (default: synthetic)")
     p.add_argument("--calib_images", type=int, default=32)
-    p.add_argument("--batches", default="1,8")
+    p.add_argument("--batches", default=DEFAULT_BATCHES)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--backends", default=",".join(BACKENDS))
@@ -231,14 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=None, help="keep the exported files here (default: a temporary folder)")
     p.add_argument("--json", default=None, help="write the results (with the machine description) here")
-    p.add_argument("--quick", action="store_true", help="smoke test: tiny model, batches 1,2, one rep")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke test: width-1/8 model, one rep, 2 calibration images, batches 1,2 unless given")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
-        args.width, args.batches, args.reps, args.calib_images = 0.125, "1,2", 1, 2
+        args.width, args.reps, args.calib_images = 0.125, 1, 2
+        args.batches = "1,2" if args.batches == DEFAULT_BATCHES else args.batches
     report = run(args)
     if args.json:
         with atomic_write(args.json, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:

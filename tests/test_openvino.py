@@ -140,7 +140,7 @@ def test_precision_defaults_to_what_the_file_is(setup):
 def test_fp32_really_runs_fp32_where_openvino_would_default_to_bf16(setup):
     runner = _runner(setup["files"]["raw"], "fp32")
     runner(setup["images"][:1])
-    assert "float32" in runner.describe()["inference_precision"]
+    assert runner.describe()["inference_precision"] == "f32"
     assert runner.describe()["threads"] == 1
 
 

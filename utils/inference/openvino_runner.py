@@ -153,7 +153,8 @@ class OpenVinoRunner(ExportedRunner):
         info: Dict[str, Any] = {"backend": "openvino", "precision": self.precision, "device": self.device}
         if self._compiled:
             compiled = next(iter(self._compiled.values())).get_compiled_model()
-            info["inference_precision"] = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+            info["inference_precision"] = hint.get_type_name() if hasattr(hint, "get_type_name") else str(hint)
             info["threads"] = int(compiled.get_property("INFERENCE_NUM_THREADS"))
         return info
 
