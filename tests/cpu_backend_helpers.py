@@ -71,3 +71,9 @@ def dataset_images(calib_dir: str, n: int = 2) -> torch.Tensor:
 
     dataset = build_dataset("custom", calib_dir, "test")
     return preprocess_batch([dataset.pull_image(i % len(dataset)) for i in range(n)], 300)
+
+
+def num_convs(onnx_path: str) -> int:
+    import onnx
+
+    return sum(n.op_type == "Conv" for n in onnx.load(onnx_path).graph.node)

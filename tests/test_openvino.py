@@ -163,3 +163,24 @@ def test_files_not_exported_by_us_are_refused(tmp_path):
         _runner(str(bad))
     with pytest.raises(UserError, match="model not found"):
         _runner(str(tmp_path / "missing.onnx"))
+
+
+@pytest.mark.parametrize("precision, expected", [
+    ("fp32", {"f32"}),
+    pytest.param("bf16", {"bf16"}, marks=pytest.mark.skipif(not _has_bf16(), reason="no bf16 on this CPU")),
+])
+def test_convolutions_run_in_the_precision_asked_for(setup, precision, expected):
+    runner = _runner(setup["files"]["raw"], precision)
+    runner(setup["images"][:1])
+    assert set(runner.describe()["conv_precisions"]) == expected
+
+
+def test_int8_file_runs_int8_convolutions_except_the_first(setup):
+    """Not fake-quantized fp32: OpenVINO's runtime graph executes the quantized convolutions on u8/i8 inputs."""
+    from cpu_backend_helpers import num_convs
+
+    runner = _runner(setup["files"]["raw_int8"], "int8")
+    runner(setup["images"][:1])
+    counts = runner.describe()["conv_precisions"]
+    assert counts.get("f32") == 1  # the first conv (keep_fp32=("first",))
+    assert counts.get("u8", 0) + counts.get("i8", 0) == num_convs(setup["files"]["raw"]) - 1
