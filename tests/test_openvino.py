@@ -184,3 +184,16 @@ def test_int8_file_runs_int8_convolutions_except_the_first(setup):
     counts = runner.describe()["conv_precisions"]
     assert counts.get("f32") == 1  # the first conv (keep_fp32=("first",))
     assert counts.get("u8", 0) + counts.get("i8", 0) == num_convs(setup["files"]["raw"]) - 1
+
+
+@pytest.mark.parametrize("precision", [
+    pytest.param("bf16", marks=pytest.mark.skipif(not _has_bf16(), reason="no bf16 on this CPU")), "int8"])
+def test_in_graph_nms_adds_no_error_beyond_the_networks(setup, precision):
+    """--with-nms under bf16/int8: decoding and NMS stay fp32 in OpenVINO, so the graph's best box per class equals
+    the PyTorch Detect's on the same backend's raw outputs (where the best box is clear of the second)."""
+    suffix = "_int8" if precision == "int8" else ""
+    in_graph = _runner(setup["files"]["nms" + suffix], precision)(setup["images"])
+    detect = _runner(setup["files"]["raw" + suffix], precision)(setup["images"])
+    clear = (detect[:, 1:, 0, 0] - detect[:, 1:, 1, 0]) > 0.01
+    assert clear.any()
+    assert torch.allclose(in_graph[:, 1:, 0][clear], detect[:, 1:, 0][clear], atol=1e-4)
