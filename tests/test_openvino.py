@@ -197,3 +197,11 @@ def test_in_graph_nms_adds_no_error_beyond_the_networks(setup, precision):
     clear = (detect[:, 1:, 0, 0] - detect[:, 1:, 1, 0]) > 0.01
     assert clear.any()
     assert torch.allclose(in_graph[:, 1:, 0][clear], detect[:, 1:, 0][clear], atol=1e-4)
+
+
+def test_an_openvino_ir_saved_from_the_onnx_keeps_metadata_and_results(setup, tmp_path):
+    xml = str(tmp_path / "model.xml")
+    ov.save_model(ov.Core().read_model(setup["files"]["raw_int8"]), xml, compress_to_fp16=False)
+    ir, onnx_file = _runner(xml), _runner(setup["files"]["raw_int8"])
+    assert ir.precision == "int8" and ir.class_names == onnx_file.class_names and ir.size == 300
+    assert torch.allclose(ir(setup["images"]), onnx_file(setup["images"]), atol=1e-5)
