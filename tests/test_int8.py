@@ -30,7 +30,7 @@ def _props(path):
 
 
 def test_onnxruntime_int8_raw_outputs_are_close_to_pytorch(setup):
-    from utils.deploy.runners import OnnxRunner
+    from utils.inference.runners import OnnxRunner
 
     loc, scores, priors = OnnxRunner(setup["files"]["raw_int8"]).outputs(setup["images"])
     ref_loc, ref_scores, ref_priors = setup["raw"]
@@ -41,7 +41,7 @@ def test_onnxruntime_int8_raw_outputs_are_close_to_pytorch(setup):
 
 
 def test_onnxruntime_int8_with_nms_keeps_each_classes_best_detection(setup):
-    from utils.deploy.runners import OnnxRunner
+    from utils.inference.runners import OnnxRunner
 
     got = OnnxRunner(setup["files"]["nms_int8"])(setup["images"])
     assert got.shape == setup["detections"].shape
@@ -49,7 +49,7 @@ def test_onnxruntime_int8_with_nms_keeps_each_classes_best_detection(setup):
 
 
 def test_int8_file_keeps_the_export_metadata_and_says_how_it_was_made(setup):
-    from utils.deploy.export import parse_metadata
+    from utils.loading.exported import parse_metadata
 
     for kind in ("raw", "nms"):
         fp32, int8 = _props(setup["files"][kind]), _props(setup["files"][f"{kind}_int8"])

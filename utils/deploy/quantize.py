@@ -38,8 +38,9 @@ import torch
 
 from data import build_dataset
 from data.transforms import preprocess_batch
-from utils.deploy.export import DEFAULT_OPSET, INPUT_NAME, export_onnx, parse_metadata
-from utils.deploy.runners import OnnxRunner
+from utils.deploy.export import DEFAULT_OPSET, export_onnx
+from utils.loading.exported import INPUT_NAME, parse_metadata
+from utils.inference.runners import OnnxRunner
 from utils.errors import UserError
 from utils.io import atomic_write
 

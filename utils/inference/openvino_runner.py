@@ -1,6 +1,6 @@
 """Run exported SSDs (``.onnx``, fp32 or int8 QDQ, with or without NMS; or an OpenVINO IR ``.xml``) on OpenVINO.
 
-:class:`OpenVinoRunner` has the contract of :class:`utils.deploy.runners.OnnxRunner`: a callable
+:class:`OpenVinoRunner` has the contract of :class:`utils.inference.runners.OnnxRunner`: a callable
 ``x [B, 3, S, S] float32 (preprocessed) → detections [B, C, top_k, 5]`` (relative coordinates, Detect's layout),
 so :class:`utils.inference.predictor.Predictor` serves it with the same pre-processing, Detect and pixels.
 
@@ -34,8 +34,8 @@ import torch
 from utils.cpu import precision_problem
 # the one place this module depends on where the shared runner code and the export metadata reader live
 # (re-point these two imports when they move to utils.inference)
-from utils.deploy.export import parse_metadata
-from utils.deploy.runners import ExportedRunner
+from utils.loading.exported import parse_metadata
+from utils.inference.runners import ExportedRunner
 from utils.errors import UserError
 from utils.inference.predictor import Predictor
 
