@@ -30,7 +30,8 @@ from utils.training.resume import check_resume_architecture
 from utils.training.rng import capture_rng_state, restore_rng_state
 from utils.training.sampler import EndlessBatchSampler, SeededDataset
 from utils.training.schedule import LRSchedule, build_scheduler, set_scheduler_iteration
-from utils.training.settings import prior_config_name, resolve_settings
+from utils import cli
+from utils.training.settings import prior_config_name, resolve_settings, validate
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
@@ -239,6 +240,28 @@ def test_usage_errors_are_one_line_with_status_2(data_root, tmp_path, argv, code
     with pytest.raises(UserError, match=pattern) as exc:
         train.main(tiny(data_root, tmp_path) + argv)
     assert exc.value.code == code and "\n" not in exc.value.message
+
+
+def test_range_flags_use_the_shared_validators_and_resolved_values_meet_the_same_rule():
+    assert train.RANGES["batch_size"] is cli.batch_size and train.RANGES["num_workers"] is cli.non_negative_int
+    # a bad flag fails while parsing, in the shared wording
+    for argv, message in ((["--num_workers", "-1"], "--num_workers must be 0 or more, got -1"),
+                          (["--width", "4.5"], "--width must be in (0, 4], got 4.5"),
+                          (["--eval_batch_size", "0"], "--eval_batch_size must be at least 1, got 0")):
+        with pytest.raises(UserError) as exc:
+            train.parse_args(argv)
+        assert exc.value.message == f"{message} (see python train.py --help)" and exc.value.code == 2
+    # a value no flag parsed (a resumed checkpoint's config) is checked by the same function after resolving
+    ns, explicit = train.parse_args(["--dataset", "custom", "--dataset_root", "x"])
+    s = resolve_settings(ns, explicit, {"batch_size": 0, "width": 0.25}, False)
+    with pytest.raises(UserError) as exc:
+        validate(s, train.RANGES)
+    assert exc.value.message == "--batch_size must be at least 1, got 0" and exc.value.code == 2
+    s.batch_size = 2
+    validate(s, train.RANGES)
+    s.lr = -1.0  # --lr/--learning-rate: checked here only, so the message names --lr
+    with pytest.raises(UserError, match=r"^--lr must be positive, got -1.0$"):
+        validate(s, train.RANGES)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")

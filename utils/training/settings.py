@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -137,37 +137,31 @@ def resolve_settings(ns: argparse.Namespace, explicit: Set[str], ckpt_config: Op
     return out
 
 
-def validate(s: argparse.Namespace) -> None:
-    """Usage errors (exit status 2), one line each."""
+def validate(s: argparse.Namespace, ranges: Mapping[str, Callable[[Any], Any]]) -> None:
+    """Usage errors (exit status 2), one line each.
+
+    ``ranges``: setting → the check its flag parses with (train.py's ``RANGES``: utils.cli's validators, which
+    raise ``must be ..., got X``). A value from a preset or a resumed checkpoint never went through the flag's
+    parser, so each resolved value is checked here again by the same function — one definition per rule.
+    """
     def usage(msg: str) -> None:
         raise UserError(msg, code=2)
 
-    if s.batch_size < 1:
-        usage(f"--batch_size must be at least 1, got {s.batch_size}")
-    if s.max_iter < 1:
-        usage(f"--max_iter must be at least 1, got {s.max_iter}")
-    if s.num_workers < 0:
-        usage(f"--num_workers must be 0 or more, got {s.num_workers}")
-    if not s.lr > 0:
-        usage(f"--lr must be positive, got {s.lr}")
-    if not 0 < s.width <= 4:
-        usage(f"--width must be in (0, 4], got {s.width}")
-    for flag in ("save_every", "log_every", "max_nonfinite"):
-        if getattr(s, flag) < 1:
-            usage(f"--{flag} must be at least 1, got {getattr(s, flag)}")
-    for flag in ("warmup", "eval_every", "start_iter"):
-        if getattr(s, flag) < 0:
-            usage(f"--{flag} must be 0 or more, got {getattr(s, flag)}")
+    for key, check in ranges.items():
+        value = getattr(s, key)
+        if value is None:  # optional settings (--threads, --time_budget) unset
+            continue
+        try:
+            check(value)
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            usage(f"--{key} {exc}")
+    # rules whose message says more than a range (what 0 means, the unit)
     if s.grad_clip < 0:
         usage(f"--grad_clip must be 0 (off) or positive, got {s.grad_clip}")
     if not 0.0 <= s.background_prior < 1.0:
         usage(f"--background_prior must be in [0, 1) (0 = off), got {s.background_prior}")
     if s.time_budget is not None and not s.time_budget > 0:
         usage(f"--time_budget must be a positive number of seconds, got {s.time_budget}")
-    if s.threads is not None and s.threads < 1:
-        usage(f"--threads must be at least 1, got {s.threads}")
-    if s.eval_batch_size < 1:
-        usage(f"--eval_batch_size must be at least 1, got {s.eval_batch_size}")
 
 
 def run_config(s: argparse.Namespace, config: ModelConfig, world_size: int) -> Dict[str, Any]:
