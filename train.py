@@ -31,10 +31,11 @@ from utils.cli import (Parser, batch_size, check_writable_folder, float_in, non_
                        positive_int, str2bool)
 from utils.device import resolve_device
 from utils.errors import run_cli
+from utils.training.budget import MEASURE_ITERATIONS, SKIP_ITERATIONS
 from utils.training.distributed import cleanup_distributed, init_distributed, process_device
 from utils.training.hooks import TestHooks
 from utils.training.resume import ResumeSource, resolve_resume_path
-from utils.training.settings import (DATASETS, DEFAULTS, PRESET_NAMES, cpu_bf16, resolve_settings,
+from utils.training.settings import (AUTO, DATASETS, DEFAULTS, PRESET_NAMES, cpu_bf16, resolve_settings,
                                      validate)
 from utils.training.trainer import train
 
@@ -47,6 +48,16 @@ RANGES: Dict[str, Callable[[Any], Any]] = {
     "start_iter": non_negative_int, "threads": positive_int, "save_every": positive_int, "log_every": positive_int,
     "eval_every": non_negative_int, "eval_batch_size": batch_size,
 }
+
+
+def iterations_or_auto(text: str) -> Any:
+    """``--max_iter``: a number of iterations (``RANGES["max_iter"]``) or ``auto`` (fill ``--time_budget``)."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return RANGES["max_iter"](text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of iterations or auto, got {text!r}") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,8 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr_steps", nargs="+", default=None,
                    help="iterations where the LR is multiplied by gamma (default from the dataset config, "
                         "VOC 80000 100000 120000)")
-    g.add_argument("--max_iter", type=RANGES["max_iter"], default=None,
-                   help="iterations to train (default from the dataset config: VOC 120000, COCO 400000)")
+    g.add_argument("--max_iter", type=iterations_or_auto, default=None,
+                   help="iterations to train (default from the dataset config: VOC 120000, COCO 400000), or auto "
+                        "with --time_budget: as many as the budget holds at the speed measured over iterations "
+                        f"{SKIP_ITERATIONS + 1}-{SKIP_ITERATIONS + MEASURE_ITERATIONS}, with the LR schedule over "
+                        "that many (printed, and kept by --resume)")
     g.add_argument("--warmup", type=RANGES["warmup"], default=None,
                    help="linear LR warm-up iterations (default 500; 0 disables)")
     g.add_argument("--warmup_factor", type=float, default=None,
@@ -156,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval_batch_size", type=RANGES["eval_batch_size"], default=None,
                    help="batch size of --eval_every (default 16)")
     g.add_argument("--time_budget", type=float, default=None,
-                   help="stop (and save) after this many seconds of training; the schedule is still over --max_iter")
+                   help="stop (and save) after this many seconds of training; the schedule is still over --max_iter "
+                        "(--max_iter auto fits it to the budget)")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                    help="write TensorBoard events to {save_folder}/tb when tensorboard is installed (default on)")
     g.add_argument("--visdom", type=str2bool, nargs="?", const=True, default=None,

@@ -16,6 +16,7 @@ from utils.loading.config import ModelConfig
 
 DATASETS = ("VOC", "COCO", "custom")
 PRESET_NAMES = ("cpu-demo",)
+AUTO = "auto"  # --max_iter auto
 
 # Built-in defaults (ssd.pytorch's where it had the flag). None = decided later (from the dataset config).
 DEFAULTS: Dict[str, Any] = {
@@ -107,7 +108,8 @@ def resolve_settings(ns: argparse.Namespace, explicit: Set[str], ckpt_config: Op
                      bf16_ok: bool, device_type: str = "cpu") -> argparse.Namespace:
     """Fill every setting: explicit flag > the resumed checkpoint's config > --preset > built-in default.
 
-    Then the dataset config fills ``max_iter`` / ``lr_steps``. ``auto`` values: the preset's ``amp`` is on where
+    Then the dataset config fills ``max_iter`` (also for ``--max_iter auto`` until the trainer chooses it) /
+    ``lr_steps``. ``auto`` values: the preset's ``amp`` is on where
     bf16 runs natively (``bf16_ok``); ``channels_last`` is on for CPUs, where oneDNN's NHWC convolutions make a
     step ~15% faster in fp32 and in bf16 (benchmarks/bench_train.py), and off on GPUs unless asked for.
     """
@@ -129,12 +131,30 @@ def resolve_settings(ns: argparse.Namespace, explicit: Set[str], ckpt_config: Op
                             code=2)
     out.dataset_root = os.path.expanduser(out.dataset_root)
     cfg = get_config(out.dataset, out.size)
-    if out.max_iter is None:
-        out.max_iter = int(cfg["max_iter"])
+    _resolve_max_iter(out, explicit, ckpt_config, int(cfg["max_iter"]))
     if out.lr_steps is None:
         out.lr_steps = [int(s) for s in cfg["lr_steps"]]
     out.lr_steps = [int(s) for s in out.lr_steps]
     return out
+
+
+def _resolve_max_iter(out: argparse.Namespace, explicit: Set[str], ckpt_config: Optional[Mapping[str, Any]],
+                      config_max_iter: int) -> None:
+    """``max_iter``: a number, or ``auto`` — the trainer chooses it from the speed it measures, to fill
+    ``--time_budget`` (utils/training/budget.py). Sets ``max_iter_auto`` (still to choose; until then ``max_iter``
+    is the dataset config's, the length its ``lr_steps`` are scaled from) and ``max_iter_fit`` (the record of the
+    choice, which a resume keeps — also when the command line says ``auto`` again)."""
+    fit = ckpt_config.get("max_iter_fit") if ckpt_config else None
+    out.max_iter_fit = None
+    if fit and out.max_iter in (AUTO, ckpt_config.get("max_iter")):
+        out.max_iter, out.max_iter_fit = int(ckpt_config["max_iter"]), dict(fit)
+    out.max_iter_auto = out.max_iter == AUTO
+    if out.max_iter_auto and "lr_steps" in explicit:
+        raise UserError("--lr_steps are iteration numbers, but --max_iter auto chooses the number of iterations "
+                        "while training — give --max_iter N, or leave the steps to the dataset config (scaled to "
+                        "the chosen length)", code=2)
+    if out.max_iter is None or out.max_iter_auto:
+        out.max_iter = config_max_iter
 
 
 def validate(s: argparse.Namespace, ranges: Mapping[str, Callable[[Any], Any]]) -> None:
@@ -162,6 +182,9 @@ def validate(s: argparse.Namespace, ranges: Mapping[str, Callable[[Any], Any]]) 
         usage(f"--background_prior must be in [0, 1) (0 = off), got {s.background_prior}")
     if s.time_budget is not None and not s.time_budget > 0:
         usage(f"--time_budget must be a positive number of seconds, got {s.time_budget}")
+    if s.max_iter_auto and s.time_budget is None:
+        usage("--max_iter auto needs --time_budget SECONDS (the iterations are chosen to fill it) — or give "
+              "--max_iter a number")
 
 
 def run_config(s: argparse.Namespace, config: ModelConfig, world_size: int) -> Dict[str, Any]:
@@ -171,4 +194,8 @@ def run_config(s: argparse.Namespace, config: ModelConfig, world_size: int) -> D
     out["dataset_root"] = os.path.abspath(s.dataset_root)  # a resume from another folder still finds it
     out["lr_steps"] = list(s.lr_steps)
     out["world_size"] = world_size
+    if s.max_iter_auto:
+        out["max_iter"] = AUTO  # not chosen yet: a resume from here chooses (with its --time_budget)
+    if s.max_iter_fit:
+        out["max_iter_fit"] = dict(s.max_iter_fit)
     return out
