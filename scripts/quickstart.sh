@@ -51,9 +51,13 @@ elapsed=$(( $(date +%s) - start ))
 echo
 echo "== quickstart done in ${elapsed}s"
 echo "checkpoint:      $CKPT"
-last=$(tail -n 1 "$OUT/weights/ssd300_custom_log.csv")   # iteration,...,elapsed_s of the last log row
-printf 'trained:         %s iterations in %.0f s   (log: %s)\n' "${last%%,*}" "${last##*,}" \
-    "$OUT/weights/ssd300_custom_log.csv"
+$PY - "$CKPT" <<'PYEOF'
+import sys, torch
+ckpt = torch.load(sys.argv[1], map_location="cpu", weights_only=True)
+fit = ckpt["config"].get("max_iter_fit")
+how = f"chosen by --max_iter auto at {fit['images_per_s']:.1f} img/s" if fit else "--max_iter"
+print(f"trained:         {ckpt['iteration']} of {ckpt['config']['max_iter']} iterations ({how})")
+PYEOF
 echo "VOC07 mAP (test): $mAP   (details: $OUT/eval.json)"
 echo "annotated video: $OUT/annotated.mp4   (detections: $OUT/detections.json)"
 echo "a frame of it:   $OUT/annotated_frame.png"

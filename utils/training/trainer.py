@@ -275,6 +275,9 @@ class Trainer:
              f"{measured.done - measured.iterations + 1}-{measured.done} ({measured.seconds:.1f} s) -> training "
              f"{s.max_iter} iterations to fill the {s.time_budget:g} s budget ({s.lr_schedule} LR schedule over "
              f"them)", self.main)
+        if s.max_iter <= s.warmup:
+            note(f"the budget holds only {s.max_iter} iterations, inside the warm-up of {s.warmup}: the LR will not "
+                 "decay — give a longer --time_budget or a shorter --warmup", self.main)
 
     # ---- bookkeeping ------------------------------------------------------------------------------------
 
