@@ -108,10 +108,10 @@ def resolve_settings(ns: argparse.Namespace, explicit: Set[str], ckpt_config: Op
                      bf16_ok: bool, device_type: str = "cpu") -> argparse.Namespace:
     """Fill every setting: explicit flag > the resumed checkpoint's config > --preset > built-in default.
 
-    Then the dataset config fills ``max_iter`` (also for ``--max_iter auto`` until the trainer chooses it) /
-    ``lr_steps``. ``auto`` values: the preset's ``amp`` is on where
-    bf16 runs natively (``bf16_ok``); ``channels_last`` is on for CPUs, where oneDNN's NHWC convolutions make a
-    step ~15% faster in fp32 and in bf16 (benchmarks/bench_train.py), and off on GPUs unless asked for.
+    Then the dataset config fills ``max_iter`` (also for ``--max_iter auto`` until the trainer chooses it) and
+    ``lr_steps``. ``auto`` values: the preset's ``amp`` is on where bf16 runs natively (``bf16_ok``);
+    ``channels_last`` is on for CPUs, where oneDNN's NHWC convolutions make a step ~15% faster in fp32 and in bf16
+    (benchmarks/bench_train.py), and off on GPUs unless asked for.
     """
     out = argparse.Namespace(**vars(ns))
     preset = ns.preset
