@@ -23,19 +23,42 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Set, Tuple
 
 import torch
 
-from utils.cli import Parser, check_writable_folder, str2bool
+from utils.cli import (Parser, batch_size, check_writable_folder, float_in, non_negative_int, positive_float,
+                       positive_int, str2bool)
 from utils.device import resolve_device
 from utils.errors import run_cli
+from utils.training.budget import MEASURE_ITERATIONS, SKIP_ITERATIONS
 from utils.training.distributed import cleanup_distributed, init_distributed, process_device
 from utils.training.hooks import TestHooks
 from utils.training.resume import ResumeSource, resolve_resume_path
-from utils.training.settings import (DATASETS, DEFAULTS, PRESET_NAMES, cpu_bf16, resolve_settings,
+from utils.training.settings import (AUTO, DATASETS, DEFAULTS, PRESET_NAMES, cpu_bf16, resolve_settings,
                                      validate)
 from utils.training.trainer import train
+
+# setting -> the shared validator (utils/cli.py) of its range: the flag's argparse type= (so a bad value fails at
+# parse time, worded "--flag must be ..., got X") and, for the value finally chosen (a preset or a resumed
+# checkpoint can set it too), the check of utils.training.settings.validate — one definition per rule.
+RANGES: Dict[str, Callable[[Any], Any]] = {
+    "batch_size": batch_size, "num_workers": non_negative_int, "width": float_in(0, 4, low_open=True),
+    "lr": positive_float, "max_iter": positive_int, "warmup": non_negative_int, "max_nonfinite": positive_int,
+    "start_iter": non_negative_int, "threads": positive_int, "save_every": positive_int, "log_every": positive_int,
+    "eval_every": non_negative_int, "eval_batch_size": batch_size,
+}
+
+
+def iterations_or_auto(text: str) -> Any:
+    """``--max_iter``: a number of iterations (``RANGES["max_iter"]``) or ``auto`` (fill ``--time_budget``)."""
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return RANGES["max_iter"](text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of iterations or auto, got {text!r}") from None
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser("train.py", description="Train an SSD detector (ssd.pytorch-compatible flags).",
@@ -54,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train on VOC 'difficult' objects too (default off, as the paper)")
     g.add_argument("--augment", choices=("ssd", "flip", "none"), default=None,
                    help="ssd: the paper's photometric + zoom-out + crop + flip (default); flip: mirror only; none")
-    g.add_argument("--batch_size", type=int, default=None, help="images per process and iteration (default 32)")
-    g.add_argument("--num_workers", type=int, default=None, help="data loading processes (default 4)")
+    g.add_argument("--batch_size", type=RANGES["batch_size"], default=None,
+                   help="images per process and iteration (default 32)")
+    g.add_argument("--num_workers", type=RANGES["num_workers"], default=None, help="data loading processes (default 4)")
 
     g = p.add_argument_group("model")
     g.add_argument("--size", type=int, choices=(200, 300, 512), default=None,
@@ -64,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default-box sizes: voc (smallest 0.1 of the image, the paper's VOC setting), coco (smallest "
                         "0.07, the paper's COCO setting: better for small objects); auto (default) = coco for "
                         "--dataset COCO, else voc")
-    g.add_argument("--width", type=float, default=None,
+    g.add_argument("--width", type=RANGES["width"], default=None,
                    help="channel multiplier of VGG and extras (default 1.0 = the paper; 0.25 for CPU demos)")
     g.add_argument("--batch_norm", action=argparse.BooleanOptionalAction, default=None,
                    help="BatchNorm after every conv (for training from scratch; default off = the paper)")
@@ -85,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation")
     g.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
                    help="sgd (default, the paper: momentum, weight decay on all) or adamw (no decay on BN/bias)")
+    # (type=float: argparse would name a bad value "--learning-rate"; validate checks it as "--lr" with RANGES)
     g.add_argument("--lr", "--learning-rate", type=float, default=None, help="base learning rate (default 1e-3)")
     g.add_argument("--momentum", type=float, default=None, help="SGD momentum (default 0.9)")
     g.add_argument("--weight_decay", type=float, default=None, help="weight decay (default 5e-4)")
@@ -94,9 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr_steps", nargs="+", default=None,
                    help="iterations where the LR is multiplied by gamma (default from the dataset config, "
                         "VOC 80000 100000 120000)")
-    g.add_argument("--max_iter", type=int, default=None,
-                   help="iterations to train (default from the dataset config: VOC 120000, COCO 400000)")
-    g.add_argument("--warmup", type=int, default=None,
+    g.add_argument("--max_iter", type=iterations_or_auto, default=None,
+                   help="iterations to train (default from the dataset config: VOC 120000, COCO 400000), or auto "
+                        "with --time_budget: as many as the budget holds at the speed measured over iterations "
+                        f"{SKIP_ITERATIONS + 1}-{SKIP_ITERATIONS + MEASURE_ITERATIONS}, with the LR schedule over "
+                        "that many (printed, and kept by --resume)")
+    g.add_argument("--warmup", type=RANGES["warmup"], default=None,
                    help="linear LR warm-up iterations (default 500; 0 disables)")
     g.add_argument("--warmup_factor", type=float, default=None,
                    help="LR multiplier at the first warm-up iteration (default 1/3)")
@@ -109,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory format: faster convolutions (default on for CPUs, off on GPUs)")
     g.add_argument("--seed", type=int, default=None, help="random seed (default 0); fixes data order and augmentation")
-    g.add_argument("--max_nonfinite", type=int, default=None,
+    g.add_argument("--max_nonfinite", type=RANGES["max_nonfinite"], default=None,
                    help="stop after this many NaN/inf losses in a row (each is skipped; default 5)")
     g.add_argument("--preset", choices=PRESET_NAMES, default=None,
                    help="cpu-demo: width 0.25 + BatchNorm + the s2 stem from scratch, heads starting at P(background) "
@@ -121,25 +149,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a checkpoint of this script (continues exactly: weights, optimizer, schedule, data order, "
                         "RNG), 'latest' (the newest in --save_folder), or a bare ssd.pytorch state_dict (weights "
                         "only; training starts at --start_iter)")
-    g.add_argument("--start_iter", type=int, default=None,
+    g.add_argument("--start_iter", type=RANGES["start_iter"], default=None,
                    help="iteration to start at when --resume is a bare state_dict (default 0)")
     g.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
     g.add_argument("--cuda", type=str2bool, default=None,
                    help="ssd.pytorch's flag, still accepted: false forces the CPU with --device auto")
-    g.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    g.add_argument("--threads", type=RANGES["threads"], default=None,
+                   help="CPU threads for torch (default: torch's choice)")
     g.add_argument("--save_folder", default=None, help="where checkpoints and logs go (default weights/)")
-    g.add_argument("--save_every", type=int, default=None, help="checkpoint every N iterations (default 5000)")
-    g.add_argument("--log_every", type=int, default=None, help="log every N iterations (default 10)")
-    g.add_argument("--eval_every", type=int, default=None,
+    g.add_argument("--save_every", type=RANGES["save_every"], default=None,
+                   help="checkpoint every N iterations (default 5000)")
+    g.add_argument("--log_every", type=RANGES["log_every"], default=None, help="log every N iterations (default 10)")
+    g.add_argument("--eval_every", type=RANGES["eval_every"], default=None,
                    help="every N iterations compute mAP on --eval_split and log it (default 0 = never)")
     g.add_argument("--eval_split", default=None,
                    help="held-out split for --eval_every (default: VOC 2007 test, COCO minival2014, custom val)")
     g.add_argument("--eval_metric", choices=("voc07", "area"), default=None,
                    help="metric of --eval_every: voc07 (default, the 11-point VOC2007 mAP) or area (VOC2010+); "
                         "COCO datasets always get COCO AP@[.5:.95]")
-    g.add_argument("--eval_batch_size", type=int, default=None, help="batch size of --eval_every (default 16)")
+    g.add_argument("--eval_batch_size", type=RANGES["eval_batch_size"], default=None,
+                   help="batch size of --eval_every (default 16)")
     g.add_argument("--time_budget", type=float, default=None,
-                   help="stop (and save) after this many seconds of training; the schedule is still over --max_iter")
+                   help="stop (and save) after this many seconds of training; the schedule is still over --max_iter "
+                        "(--max_iter auto fits it to the budget)")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, default=None,
                    help="write TensorBoard events to {save_folder}/tb when tensorboard is installed (default on)")
     g.add_argument("--visdom", type=str2bool, nargs="?", const=True, default=None,
@@ -166,7 +198,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     device = resolve_device(ns.device if ns.device is not None else DEFAULTS["device"], ns.cuda)
     s = resolve_settings(ns, explicit, resume.config if resume else None, device.type == "cuda" or cpu_bf16(),
                          device.type)
-    validate(s)
+    validate(s, RANGES)
     check_writable_folder(s.save_folder, "--save_folder")
     if s.threads:
         torch.set_num_threads(s.threads)

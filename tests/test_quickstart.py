@@ -27,4 +27,4 @@ def test_quickstart_script_runs_every_step_and_prints_where_the_outputs_are(tmp_
         assert str(path) in run.stdout, f"{path} is not named in the summary"
     result = json.loads((out / "eval.json").read_text())
     assert result["num_images"] == 6 and f"VOC07 mAP (test): {result['mAP']:.4f}" in run.stdout
-    assert "quickstart done in" in run.stdout
+    assert "quickstart done in" in run.stdout and "trained:         2 of 2 iterations (--max_iter)" in run.stdout

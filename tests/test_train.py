@@ -18,9 +18,10 @@ from torch import nn
 import eval as eval_cli
 import train
 from ssd import build_ssd
-from train_helpers import TINY, make_tiny_dataset, read_log, run_train, start_train
-from utils.loading.checkpoint import CHECKPOINT_FORMAT, load_model, read_checkpoint
+from train_helpers import TINY, make_tiny_dataset, read_log, run_train, share_in_two_processes, start_train
+from utils import cli
 from utils.errors import UserError
+from utils.loading.checkpoint import CHECKPOINT_FORMAT, load_model, read_checkpoint
 from utils.loading.config import ModelConfig
 from utils.training.checkpoints import latest_checkpoint, write_checkpoint
 from utils.training.guards import NonFiniteGuard, NonFiniteLossError
@@ -29,8 +30,10 @@ from utils.training.optim import build_optimizer, freeze_vgg
 from utils.training.resume import check_resume_architecture
 from utils.training.rng import capture_rng_state, restore_rng_state
 from utils.training.sampler import EndlessBatchSampler, SeededDataset
-from utils.training.schedule import LRSchedule, build_scheduler, set_scheduler_iteration
-from utils.training.settings import prior_config_name, resolve_settings
+from utils.training import trainer
+from utils.training.budget import Throughput, ThroughputMeter, fit_max_iter, scale_steps
+from utils.training.schedule import LRSchedule, build_scheduler, set_schedule_length, set_scheduler_iteration
+from utils.training.settings import prior_config_name, resolve_settings, validate
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
@@ -239,6 +242,28 @@ def test_usage_errors_are_one_line_with_status_2(data_root, tmp_path, argv, code
     with pytest.raises(UserError, match=pattern) as exc:
         train.main(tiny(data_root, tmp_path) + argv)
     assert exc.value.code == code and "\n" not in exc.value.message
+
+
+def test_range_flags_use_the_shared_validators_and_resolved_values_meet_the_same_rule():
+    assert train.RANGES["batch_size"] is cli.batch_size and train.RANGES["num_workers"] is cli.non_negative_int
+    # a bad flag fails while parsing, in the shared wording
+    for argv, message in ((["--num_workers", "-1"], "--num_workers must be 0 or more, got -1"),
+                          (["--width", "4.5"], "--width must be in (0, 4], got 4.5"),
+                          (["--eval_batch_size", "0"], "--eval_batch_size must be at least 1, got 0")):
+        with pytest.raises(UserError) as exc:
+            train.parse_args(argv)
+        assert exc.value.message == f"{message} (see python train.py --help)" and exc.value.code == 2
+    # a value no flag parsed (a resumed checkpoint's config) is checked by the same function after resolving
+    ns, explicit = train.parse_args(["--dataset", "custom", "--dataset_root", "x"])
+    s = resolve_settings(ns, explicit, {"batch_size": 0, "width": 0.25}, False)
+    with pytest.raises(UserError) as exc:
+        validate(s, train.RANGES)
+    assert exc.value.message == "--batch_size must be at least 1, got 0" and exc.value.code == 2
+    s.batch_size = 2
+    validate(s, train.RANGES)
+    s.lr = -1.0  # --lr/--learning-rate: checked here only, so the message names --lr
+    with pytest.raises(UserError, match=r"^--lr must be positive, got -1.0$"):
+        validate(s, train.RANGES)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
@@ -494,6 +519,120 @@ def test_time_budget_stops_and_saves_the_final_checkpoint(data_root, tmp_path):
     ckpt = read_checkpoint(str(tmp_path / "w" / "ssd300_custom_final.pth"))
     assert 1 <= ckpt["iteration"] < 100000
     assert ckpt["scheduler"]["last_epoch"] == ckpt["iteration"]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --max_iter auto: fill --time_budget
+# ---------------------------------------------------------------------------------------------------------
+
+def test_throughput_meter_times_the_iterations_after_the_first_few():
+    meter = ThroughputMeter(start_iter=10, skip=2, measure=4)
+    # iterations 11-12 are slow (start-up), then 0.25 s each; times are seconds since training started
+    ends = {11: 3.0, 12: 3.5, 13: 3.75, 14: 4.0, 15: 4.25, 16: 4.5, 17: 4.75}
+    results = [meter.observe(done, t) for done, t in ends.items()]
+    assert results[:5] == [None] * 5 and results[6] is None  # one result, when iteration 16 has ended
+    assert results[5] == Throughput(iterations=4, seconds=1.0, done=16, elapsed=4.5)
+    assert results[5].per_second == 4.0
+
+
+def test_fitted_max_iter_fills_the_rest_of_the_budget_at_the_measured_speed():
+    measured = Throughput(iterations=20, seconds=10.0, done=25, elapsed=12.0)  # 2 it/s; 88 s of 100 left
+    assert fit_max_iter(measured, 100.0, safety=1.0) == 25 + 176
+    assert fit_max_iter(measured, 100.0, safety=0.98) == 25 + 172  # floor(172.48)
+    assert fit_max_iter(measured, 10.0) == 25  # budget already used: the run ends at once
+    assert scale_steps([80000, 100000, 120000], 120000, 1200) == [800, 1000, 1200]
+    # the schedule follows: cosine over the new length, step decays at the scaled iterations
+    model = nn.Linear(2, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    sched = build_scheduler(opt, LRSchedule("cosine", 0, 1.0, [80000], 0.1, 120000))
+    set_scheduler_iteration(sched, 50)
+    set_schedule_length(sched, 100, [60])
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.5)  # halfway through a 100-iteration cosine
+    assert sched.lr_lambdas[0].steps == [60] and sched.state_dict()["lr_lambdas"][0]["max_iter"] == 100
+
+
+def test_every_rank_gets_rank_0s_measurement(tmp_path):
+    # each rank timed itself; all must choose the same count (or the ranks would train different lengths)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mine = [Throughput(20, 10.0, 25, 12.0), Throughput(20, 14.0, 25, 15.5)]
+    assert share_in_two_processes(mine, str(tmp_path), port) == [repr(mine[0])] * 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--max_iter", "auto"], "--max_iter auto needs --time_budget SECONDS (the iterations are chosen to fill it) — "
+                             "or give --max_iter a number"),
+    (["--max_iter", "auto", "--time_budget", "60", "--lr_steps", "5"], "--lr_steps are iteration numbers, but "
+     "--max_iter auto chooses the number of iterations while training — give --max_iter N, or leave the steps to "
+     "the dataset config (scaled to the chosen length)"),
+    (["--max_iter", "many"], "--max_iter must be a number of iterations or auto, got 'many' (see python train.py "
+                             "--help)"),
+])
+def test_max_iter_auto_usage_errors_are_one_line(data_root, tmp_path, argv, message):
+    with pytest.raises(UserError) as exc:
+        train.main(tiny(data_root, tmp_path) + argv)
+    assert exc.value.message == message and exc.value.code == 2
+
+
+def test_max_iter_auto_is_chosen_once_and_a_resumed_fitted_run_keeps_it():
+    base = ["--dataset", "custom", "--dataset_root", "x", "--max_iter", "auto", "--time_budget", "60"]
+    ns, explicit = train.parse_args(base)
+    s = resolve_settings(ns, explicit, None, False)
+    assert s.max_iter_auto and s.max_iter == 120000 and s.max_iter_fit is None  # the dataset config's, until chosen
+    fitted = {"max_iter": 62, "lr_steps": [41, 52, 62], "max_iter_fit": {"images_per_s": 15.9}}
+    for argv in (base, base[:4]):  # the same command line again, or only --resume: the count the run chose
+        ns, explicit = train.parse_args(argv)
+        s = resolve_settings(ns, explicit, fitted, False)
+        assert (s.max_iter, s.max_iter_auto, s.lr_steps, s.max_iter_fit) == (62, False, [41, 52, 62],
+                                                                            {"images_per_s": 15.9})
+    # a checkpoint written before the count was chosen: the resumed run chooses it (so it needs --time_budget)
+    ns, explicit = train.parse_args(base[:4])
+    s = resolve_settings(ns, explicit, {"max_iter": "auto"}, False)
+    assert s.max_iter_auto
+    with pytest.raises(UserError, match="--max_iter auto needs --time_budget"):
+        validate(s, train.RANGES)
+
+
+class _InjectedMeter:
+    """Stands in for ThroughputMeter: 'measures' 1 iteration/s over iterations 2-3, with 56 s of the budget used."""
+
+    def __init__(self, start_iter):
+        self.at = start_iter + 3
+
+    def observe(self, done, elapsed):
+        return Throughput(iterations=2, seconds=2.0, done=done, elapsed=56.0) if done == self.at else None
+
+
+def test_max_iter_auto_sets_the_schedule_from_the_measured_speed_and_resume_continues_it(data_root, tmp_path,
+                                                                                          monkeypatch, capsys):
+    monkeypatch.setattr(trainer, "ThroughputMeter", _InjectedMeter)
+    args = ["--max_iter", "auto", "--time_budget", 60, "--lr_schedule", "cosine", "--save_every", 4,
+            "--batch_norm", "--augment", "flip"]
+    assert train.main(tiny(data_root, tmp_path / "a", *args)) == 0
+    out = capsys.readouterr().out
+    # 4 s left at 1 it/s (x 0.98 safety): 3 more iterations after the 3 done
+    assert ("--max_iter auto: 2.0 img/s over iterations 2-3 (2.0 s) -> training 6 iterations to fill the 60 s "
+            "budget (cosine LR schedule over them)") in out
+    assert "training finished at iteration 6" in out
+    final = read_checkpoint(str(tmp_path / "a" / "ssd300_custom_final.pth"))
+    for ckpt in (final, read_checkpoint(str(tmp_path / "a" / "ssd300_custom_4.pth"))):
+        assert ckpt["config"]["max_iter"] == 6 and ckpt["config"]["max_iter_fit"]["images_per_s"] == 2.0
+        assert ckpt["scheduler"]["lr_lambdas"][0]["max_iter"] == 6
+    assert final["iteration"] == 6
+    a = read_log(str(tmp_path / "a" / "ssd300_custom_log.csv"))
+    # after the choice the LR follows a cosine over 6 iterations (iteration i trains with lr(i - 1))
+    assert [r["lr"] for r in a[3:]] == pytest.approx([1e-3 * 0.5 * (1 + math.cos(math.pi * i / 6))
+                                                      for i in (3, 4, 5)])
+    # the same command line again with --resume: the run continues the chosen schedule exactly
+    os.makedirs(tmp_path / "b")
+    shutil.copy(tmp_path / "a" / "ssd300_custom_4.pth", tmp_path / "b")
+    assert train.main(tiny(data_root, tmp_path / "b", *args, "--resume", "latest")) == 0
+    b = read_log(str(tmp_path / "b" / "ssd300_custom_log.csv"))
+    assert [r["iteration"] for r in b] == [5, 6]
+    assert [(r["loss"], r["lr"]) for r in a[4:]] == [(r["loss"], r["lr"]) for r in b]
+    assert_same_weights(final["model"], weights(str(tmp_path / "b" / "ssd300_custom_final.pth")))
+    assert "iterations 4..6 (--max_iter auto: 2.0 img/s measured)" in capsys.readouterr().out
 
 
 def test_resume_names_the_flag_when_the_checkpoint_does_not_fit(tiny_dataset, make_checkpoint, tmp_path):

@@ -1,4 +1,5 @@
-"""Helpers for the training tests: a tiny custom dataset and train.py runs in fast child processes.
+"""Helpers for the training tests: a tiny custom dataset, train.py runs in fast child processes, and
+``share_from_main`` across two gloo processes.
 
 Training runs go through a multiprocessing *forkserver* that has imported train.py once: each run is then a
 fresh process (real exit status, signals, SIGKILL) that starts in well under a second instead of re-importing
@@ -15,9 +16,13 @@ from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
+import torch
+import torch.distributed as torch_dist
 
 import train
 from utils.errors import run_cli
+from utils.training.budget import Throughput, share_from_main
+from utils.training.distributed import DistInfo
 
 TINY = ["--dataset", "custom", "--width", "0.125", "--batch_size", "2", "--num_workers", "0", "--threads", "1",
         "--warmup", "0", "--log_every", "1", "--basenet", "none"]
@@ -132,3 +137,31 @@ def run_train(argv: Sequence[str], logdir: str, env: Optional[Dict[str, str]] = 
 def read_log(path: str) -> List[Dict[str, float]]:
     with open(path, newline="") as fh:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]
+
+
+def _share_child(rank: int, port: int, measured: Throughput, out_path: str) -> None:
+    """One rank of a 2-process gloo group: write what share_from_main gives this rank."""
+    torch_dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        shared = share_from_main(measured, DistInfo(rank, 2, rank), torch.device("cpu"))
+    finally:
+        torch_dist.destroy_process_group()
+    with open(out_path, "w") as fh:
+        fh.write(repr(shared))
+
+
+def share_in_two_processes(measured: Sequence[Throughput], folder: str, port: int) -> List[str]:
+    """``share_from_main`` in two gloo processes, rank r passing ``measured[r]``; returns repr() of each result."""
+    paths = [os.path.join(folder, f"shared{r}.txt") for r in range(2)]
+    procs = [context().Process(target=_share_child, args=(r, port, measured[r], paths[r])) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+        if p.exitcode is None:
+            p.kill()
+    out = []
+    for path in paths:
+        with open(path) as fh:
+            out.append(fh.read())
+    return out

@@ -125,16 +125,20 @@ def format_eta(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def log_line(row: Mapping[str, Any], max_iter: int, skipped: int) -> str:
-    """The line printed per --log_every when not on a terminal (ssd.pytorch printed these)."""
-    eta = format_eta((max_iter - row["iteration"]) * row["seconds_per_iteration"])
-    return (f"iter {row['iteration']}/{max_iter} || loss {row['loss']:.4f} (loc {row['loss_l']:.4f}, "
+def log_line(row: Mapping[str, Any], max_iter: Optional[int], skipped: int) -> str:
+    """The line printed per --log_every when not on a terminal (ssd.pytorch printed these); ``max_iter`` None:
+    not chosen yet (``--max_iter auto``)."""
+    left = math.nan if max_iter is None else max_iter - row["iteration"]
+    eta = format_eta(left * row["seconds_per_iteration"])
+    end = "auto" if max_iter is None else max_iter
+    return (f"iter {row['iteration']}/{end} || loss {row['loss']:.4f} (loc {row['loss_l']:.4f}, "
             f"conf {row['loss_c']:.4f}) || lr {row['lr']:.2e} || {row['images_per_s']:.1f} img/s "
             f"|| eta {eta}{f' || skipped {skipped}' if skipped else ''}")
 
 
-def progress_bar(main: bool, start: int, total: int) -> Optional[tqdm]:
-    """A tqdm bar on a terminal (rank 0); None elsewhere (then one line per --log_every is printed)."""
+def progress_bar(main: bool, start: int, total: Optional[int]) -> Optional[tqdm]:
+    """A tqdm bar on a terminal (rank 0); None elsewhere (then one line per --log_every is printed).
+    ``total`` None: not known yet (``--max_iter auto`` sets ``bar.total`` once it has chosen)."""
     if not main or not sys.stderr.isatty():
         return None
     return tqdm(total=total, initial=start, dynamic_ncols=True, unit="it", smoothing=0.05)

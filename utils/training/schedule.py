@@ -89,3 +89,12 @@ def apply_hyperparameters(s: argparse.Namespace, optimizer: torch.optim.Optimize
         if "momentum" in group:
             group["momentum"] = s.momentum
     set_scheduler_iteration(scheduler, scheduler.last_epoch)
+
+
+def set_schedule_length(scheduler: torch.optim.lr_scheduler.LambdaLR, max_iter: int, steps: List[int]) -> None:
+    """Set the schedule over ``max_iter`` iterations (cosine length) with decays at ``steps`` (step schedule),
+    from the current iteration on (``--max_iter auto`` chooses the length while training)."""
+    for fn in scheduler.lr_lambdas:
+        fn.max_iter = int(max_iter)
+        fn.steps = sorted(int(s) for s in steps)
+    set_scheduler_iteration(scheduler, scheduler.last_epoch)

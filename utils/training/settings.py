@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 import torch
 
@@ -16,6 +16,7 @@ from utils.loading.config import ModelConfig
 
 DATASETS = ("VOC", "COCO", "custom")
 PRESET_NAMES = ("cpu-demo",)
+AUTO = "auto"  # --max_iter auto
 
 # Built-in defaults (ssd.pytorch's where it had the flag). None = decided later (from the dataset config).
 DEFAULTS: Dict[str, Any] = {
@@ -107,9 +108,10 @@ def resolve_settings(ns: argparse.Namespace, explicit: Set[str], ckpt_config: Op
                      bf16_ok: bool, device_type: str = "cpu") -> argparse.Namespace:
     """Fill every setting: explicit flag > the resumed checkpoint's config > --preset > built-in default.
 
-    Then the dataset config fills ``max_iter`` / ``lr_steps``. ``auto`` values: the preset's ``amp`` is on where
-    bf16 runs natively (``bf16_ok``); ``channels_last`` is on for CPUs, where oneDNN's NHWC convolutions make a
-    step ~15% faster in fp32 and in bf16 (benchmarks/bench_train.py), and off on GPUs unless asked for.
+    Then the dataset config fills ``max_iter`` (also for ``--max_iter auto`` until the trainer chooses it) and
+    ``lr_steps``. ``auto`` values: the preset's ``amp`` is on where bf16 runs natively (``bf16_ok``);
+    ``channels_last`` is on for CPUs, where oneDNN's NHWC convolutions make a step ~15% faster in fp32 and in bf16
+    (benchmarks/bench_train.py), and off on GPUs unless asked for.
     """
     out = argparse.Namespace(**vars(ns))
     preset = ns.preset
@@ -129,45 +131,60 @@ def resolve_settings(ns: argparse.Namespace, explicit: Set[str], ckpt_config: Op
                             code=2)
     out.dataset_root = os.path.expanduser(out.dataset_root)
     cfg = get_config(out.dataset, out.size)
-    if out.max_iter is None:
-        out.max_iter = int(cfg["max_iter"])
+    _resolve_max_iter(out, explicit, ckpt_config, int(cfg["max_iter"]))
     if out.lr_steps is None:
         out.lr_steps = [int(s) for s in cfg["lr_steps"]]
     out.lr_steps = [int(s) for s in out.lr_steps]
     return out
 
 
-def validate(s: argparse.Namespace) -> None:
-    """Usage errors (exit status 2), one line each."""
+def _resolve_max_iter(out: argparse.Namespace, explicit: Set[str], ckpt_config: Optional[Mapping[str, Any]],
+                      config_max_iter: int) -> None:
+    """``max_iter``: a number, or ``auto`` — the trainer chooses it from the speed it measures, to fill
+    ``--time_budget`` (utils/training/budget.py). Sets ``max_iter_auto`` (still to choose; until then ``max_iter``
+    is the dataset config's, the length its ``lr_steps`` are scaled from) and ``max_iter_fit`` (the record of the
+    choice, which a resume keeps — also when the command line says ``auto`` again)."""
+    fit = ckpt_config.get("max_iter_fit") if ckpt_config else None
+    out.max_iter_fit = None
+    if fit and out.max_iter in (AUTO, ckpt_config.get("max_iter")):
+        out.max_iter, out.max_iter_fit = int(ckpt_config["max_iter"]), dict(fit)
+    out.max_iter_auto = out.max_iter == AUTO
+    if out.max_iter_auto and "lr_steps" in explicit:
+        raise UserError("--lr_steps are iteration numbers, but --max_iter auto chooses the number of iterations "
+                        "while training — give --max_iter N, or leave the steps to the dataset config (scaled to "
+                        "the chosen length)", code=2)
+    if out.max_iter is None or out.max_iter_auto:
+        out.max_iter = config_max_iter
+
+
+def validate(s: argparse.Namespace, ranges: Mapping[str, Callable[[Any], Any]]) -> None:
+    """Usage errors (exit status 2), one line each.
+
+    ``ranges``: setting → the check its flag parses with (train.py's ``RANGES``: utils.cli's validators, which
+    raise ``must be ..., got X``). A value from a preset or a resumed checkpoint never went through the flag's
+    parser, so each resolved value is checked here again by the same function — one definition per rule.
+    """
     def usage(msg: str) -> None:
         raise UserError(msg, code=2)
 
-    if s.batch_size < 1:
-        usage(f"--batch_size must be at least 1, got {s.batch_size}")
-    if s.max_iter < 1:
-        usage(f"--max_iter must be at least 1, got {s.max_iter}")
-    if s.num_workers < 0:
-        usage(f"--num_workers must be 0 or more, got {s.num_workers}")
-    if not s.lr > 0:
-        usage(f"--lr must be positive, got {s.lr}")
-    if not 0 < s.width <= 4:
-        usage(f"--width must be in (0, 4], got {s.width}")
-    for flag in ("save_every", "log_every", "max_nonfinite"):
-        if getattr(s, flag) < 1:
-            usage(f"--{flag} must be at least 1, got {getattr(s, flag)}")
-    for flag in ("warmup", "eval_every", "start_iter"):
-        if getattr(s, flag) < 0:
-            usage(f"--{flag} must be 0 or more, got {getattr(s, flag)}")
+    for key, check in ranges.items():
+        value = getattr(s, key)
+        if value is None:  # optional settings (--threads, --time_budget) unset
+            continue
+        try:
+            check(value)
+        except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+            usage(f"--{key} {exc}")
+    # rules whose message says more than a range (what 0 means, the unit)
     if s.grad_clip < 0:
         usage(f"--grad_clip must be 0 (off) or positive, got {s.grad_clip}")
     if not 0.0 <= s.background_prior < 1.0:
         usage(f"--background_prior must be in [0, 1) (0 = off), got {s.background_prior}")
     if s.time_budget is not None and not s.time_budget > 0:
         usage(f"--time_budget must be a positive number of seconds, got {s.time_budget}")
-    if s.threads is not None and s.threads < 1:
-        usage(f"--threads must be at least 1, got {s.threads}")
-    if s.eval_batch_size < 1:
-        usage(f"--eval_batch_size must be at least 1, got {s.eval_batch_size}")
+    if s.max_iter_auto and s.time_budget is None:
+        usage("--max_iter auto needs --time_budget SECONDS (the iterations are chosen to fill it) — or give "
+              "--max_iter a number")
 
 
 def run_config(s: argparse.Namespace, config: ModelConfig, world_size: int) -> Dict[str, Any]:
@@ -177,4 +194,8 @@ def run_config(s: argparse.Namespace, config: ModelConfig, world_size: int) -> D
     out["dataset_root"] = os.path.abspath(s.dataset_root)  # a resume from another folder still finds it
     out["lr_steps"] = list(s.lr_steps)
     out["world_size"] = world_size
+    if s.max_iter_auto:
+        out["max_iter"] = AUTO  # not chosen yet: a resume from here chooses (with its --time_budget)
+    if s.max_iter_fit:
+        out["max_iter_fit"] = dict(s.max_iter_fit)
     return out

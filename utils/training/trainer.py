@@ -7,6 +7,8 @@
 * :meth:`Trainer.bookkeeping`: loss window and log row, non-finite guard, periodic checkpoint, periodic mAP;
 * :meth:`Trainer.finish`: the final (or, on SIGINT / SIGTERM, the stop) checkpoint and the closing message.
 The loop stops at ``--max_iter``, on a signal, or when ``--time_budget`` is used (one decision for all ranks).
+With ``--max_iter auto`` the first iterations are timed, then ``max_iter`` and the LR schedule are set to fill
+``--time_budget`` (:mod:`utils.training.budget`).
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from data.transforms import SSDAugmentation
 from utils.device import amp_dtype, autocast
 from utils.errors import UserError
 from utils.loading.config import ModelConfig
+from utils.training.budget import (MEASURE_ITERATIONS, SKIP_ITERATIONS, ThroughputMeter, fit_max_iter, fit_record,
+                                   scale_steps, share_from_main)
 from utils.training.checkpoints import CheckpointWriter, remove_stale_temp_files
 from utils.training.distributed import DistInfo, all_reduce_sum, barrier, wrap_model
 from utils.training.guards import BatchNormRollback, NonFiniteGuard, StopRequest
@@ -39,7 +43,7 @@ from utils.training.resume import ResumeSource, restore_training_state
 from utils.training.rng import restore_rng_state, seed_everything
 from utils.training.sampler import EndlessBatchSampler, SeededDataset
 from utils.training.schedule import (LRSchedule, apply_hyperparameters, build_scheduler, scheduler_step,
-                                     set_scheduler_iteration)
+                                     set_schedule_length, set_scheduler_iteration)
 from utils.training.settings import model_config, prior_config_name, run_config
 
 
@@ -127,9 +131,11 @@ class Trainer:
 
     def _setup_bookkeeping(self, resumed: bool) -> None:
         s = self.s
-        config = run_config(s, ModelConfig.from_model(self.model), self.dist.world_size)
+        self.model_config = ModelConfig.from_model(self.model)
+        config = run_config(s, self.model_config, self.dist.world_size)
         self.checkpoints = CheckpointWriter(s.save_folder, s.size, s.dataset, config, self.class_names,
                                             self.hooks.save_delay)
+        self.meter = ThroughputMeter(self.start_iter) if s.max_iter_auto else None
         self.log: Optional[TrainLog] = None
         self.eval_log: Optional[TrainLog] = None
         if self.main:
@@ -139,7 +145,7 @@ class Trainer:
         self.guard = NonFiniteGuard(s.max_nonfinite)
         self.window = LossWindow()
         self.bn = BatchNormRollback(self.model)
-        self.bar = progress_bar(self.main, self.start_iter, s.max_iter)
+        self.bar = progress_bar(self.main, self.start_iter, None if s.max_iter_auto else s.max_iter)
 
     def _open_logs(self, resume_at: Optional[int]) -> None:
         s = self.s
@@ -164,13 +170,15 @@ class Trainer:
         self.net.train()
         try:
             with StopRequest() as stop:
-                for it in range(self.start_iter, s.max_iter):
+                while iteration < s.max_iter:  # (--max_iter auto sets s.max_iter once it has chosen it)
                     batch = self._next_batch(data_iter, stop)
                     if batch is None:  # Ctrl-C also reached the workers: stop without this batch
                         exit_message = f"{stop.name} received"
                         break
-                    result = self.step(it, *batch, stop)
-                    iteration = it + 1
+                    result = self.step(iteration, *batch, stop)
+                    iteration += 1
+                    if self.meter is not None:
+                        self._fit_to_budget(iteration)
                     self.bookkeeping(iteration, result)
                     if result.stop:
                         exit_message = self._stop_reason(stop)
@@ -246,6 +254,31 @@ class Trainer:
             return f"{stop.name or 'a signal'} received"
         return f"time budget of {self.s.time_budget:g} s used"
 
+    def _fit_to_budget(self, iteration: int) -> None:
+        """``--max_iter auto``: once the first iterations are timed, choose ``max_iter`` so that training ends at
+        ~``--time_budget``; the LR schedule, the checkpoints' config and the progress display follow."""
+        measured = self.meter.observe(iteration, time.perf_counter() - self.t_start)
+        if measured is None:
+            return
+        s, self.meter = self.s, None
+        measured = share_from_main(measured, self.dist, self.device)
+        nominal, images = s.max_iter, s.batch_size * self.dist.world_size
+        s.max_iter = fit_max_iter(measured, s.time_budget)
+        s.lr_steps = scale_steps(s.lr_steps, nominal, s.max_iter)
+        s.max_iter_auto, s.max_iter_fit = False, fit_record(measured, images, s.time_budget, nominal)
+        set_schedule_length(self.scheduler, s.max_iter, s.lr_steps)
+        self.checkpoints.config = run_config(s, self.model_config, self.dist.world_size)
+        if self.bar is not None:
+            self.bar.total = s.max_iter
+            self.bar.refresh()
+        info(f"--max_iter auto: {s.max_iter_fit['images_per_s']:.1f} img/s over iterations "
+             f"{measured.done - measured.iterations + 1}-{measured.done} ({measured.seconds:.1f} s) -> training "
+             f"{s.max_iter} iterations to fill the {s.time_budget:g} s budget ({s.lr_schedule} LR schedule over "
+             f"them)", self.main)
+        if s.max_iter <= s.warmup:
+            note(f"the budget holds only {s.max_iter} iterations, inside the warm-up of {s.warmup}: the LR will not "
+                 "decay — give a longer --time_budget or a shorter --warmup", self.main)
+
     # ---- bookkeeping ------------------------------------------------------------------------------------
 
     def bookkeeping(self, iteration: int, r: StepResult) -> None:
@@ -279,7 +312,7 @@ class Trainer:
                               time.perf_counter() - self.t_start)
         self.log.log(row)
         if self.bar is None:  # not a terminal: one line per --log_every (ssd.pytorch printed these)
-            print(log_line(row, s.max_iter, self.guard.total), flush=True)
+            print(log_line(row, None if s.max_iter_auto else s.max_iter, self.guard.total), flush=True)
 
     def _save(self, tag: Any, iteration: int) -> str:
         return self.checkpoints.save(tag, iteration, self.model, self.optimizer, self.scheduler, self.scaler)
@@ -329,4 +362,14 @@ def announce_run(s: argparse.Namespace, model: torch.nn.Module, device: torch.de
     info(f"device {device}{f' x {dist.world_size} processes' if dist.enabled else ''}; batch {s.batch_size}"
          f"{' per process' if dist.enabled else ''}; {s.optimizer} lr {s.lr:g} ({s.lr_schedule}, warm-up "
          f"{s.warmup}); amp {amp}; channels_last {'on' if s.channels_last else 'off'}; "
-         f"iterations {start_iter}..{s.max_iter}")
+         f"iterations {start_iter}..{_planned_iterations(s, start_iter)}")
+
+
+def _planned_iterations(s: argparse.Namespace, start_iter: int) -> str:
+    """The end of the run as announced: a number, or how --max_iter auto will choose it."""
+    if s.max_iter_auto:
+        return (f"auto (chosen after iteration {start_iter + SKIP_ITERATIONS + MEASURE_ITERATIONS} to fill the "
+                f"{s.time_budget:g} s budget)")
+    if s.max_iter_fit:
+        return f"{s.max_iter} (--max_iter auto: {s.max_iter_fit['images_per_s']:.1f} img/s measured)"
+    return str(s.max_iter)
