@@ -127,7 +127,7 @@ def bench_video(device: torch.device, weights: Optional[str], reps: int, frames:
 
     import object_detection as od
     from data.synthetic import generate_video
-    from utils.media.video import VideoReader
+    from utils.media.video_reader import VideoReader
 
     if weights:
         pred = Predictor.from_checkpoint(weights, device=device, conf_thresh=0.5)

@@ -6,7 +6,9 @@ from fractions import Fraction
 
 import numpy as np
 
-from utils.media.video import VideoReader, ffmpeg_exe, video_pix_fmt
+from utils.media.ffmpeg import ffmpeg_exe
+from utils.media.video_reader import VideoReader
+from utils.media.video_writer import video_pix_fmt
 
 
 def ffmpeg(*args: str) -> None:

@@ -1,0 +1,137 @@
+"""The two detection drivers: annotate a video stream or a list of image files with any predictor.
+
+A predictor is any object with ``.predict(list of RGB uint8 [H, W, 3]) -> list of detections`` (``.boxes [n, 4]``
+xyxy pixels, ``.scores [n]``, ``.labels [n]`` in 1..C-1) and ``.class_names`` (no background), e.g.
+``utils.inference.Predictor``. Decoding, inference and drawing + encoding overlap (``utils.media.pipeline``).
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from utils.media.draw import draw_detections
+from utils.media.images import iter_images, write_image
+from utils.media.pipeline import run_pipeline
+from utils.media.results import DetectionLog, Summary, class_name, select
+from utils.media.video_reader import VideoReader
+from utils.media.video_writer import DEFAULT_CRF, VideoWriter, check_video_output
+from utils.media.webcam import WebcamReader
+
+
+def _progress(total: Optional[int], desc: str, enabled: bool) -> Any:
+    # disable=None: shown on a terminal only, so logs and pipes get the summary and nothing else
+    return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, disable=None if enabled else True,
+                file=sys.stderr)
+
+
+def detect_video(predictor: Any, source: Any, output: str, *, threshold: float = 0.6, batch_size: int = 8,
+                 crf: int = DEFAULT_CRF, audio: bool = True, json_path: Optional[str] = None,
+                 progress: bool = True) -> Summary:
+    """Annotate every frame of ``source`` (a VideoReader or WebcamReader) into ``output``.
+
+    Frames keep their order, size and the source's fps; the source's audio is stream-copied when
+    ``audio`` and the source has any. Nothing appears under ``output`` / ``json_path`` unless
+    the whole run succeeds.
+    """
+    check_video_output(output)
+    class_names = list(predictor.class_names)
+    width, height = source.size
+    is_file = isinstance(source, VideoReader)
+    fps = source.info.fps if is_file else source.fps
+    total = source.info.n_frames if is_file else None
+    if total is not None and getattr(source, "max_frames", None):
+        total = min(total, source.max_frames)
+    fps_f = float(fps) if fps > 0 else 25.0
+    counts: collections.Counter = collections.Counter()
+    index = [0]
+    start = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        # entered first = committed last: the JSON only appears once the video is in place
+        log = stack.enter_context(DetectionLog(json_path, {
+            "input": getattr(source, "path", None), "output": output, "fps": fps_f,
+            "width": width, "height": height, "threshold": threshold}, class_names)) if json_path else None
+        audio_from = source.path if audio and is_file and source.info.has_audio else None
+        writer = stack.enter_context(VideoWriter(output, width, height, fps, crf=crf, audio_from=audio_from))
+        bar = stack.enter_context(_progress(total, os.path.basename(output), progress))
+
+        def consume(frame: np.ndarray, dets: Any) -> None:
+            boxes, scores, labels = select(dets, threshold)
+            draw_detections(frame, boxes, labels, scores, class_names)
+            writer.write(frame)
+            if log is not None:
+                log.add(index[0], boxes, scores, labels, time=round(index[0] / fps_f, 4))
+            counts.update(class_name(int(l), class_names) for l in labels)
+            index[0] += 1
+            bar.update(1)
+
+        stop = source.stop if isinstance(source, WebcamReader) else None
+        frames = run_pipeline(source, predictor.predict, consume, batch_size=batch_size, stop_on_interrupt=stop)
+    summary = Summary(frames=frames, seconds=time.perf_counter() - start, output=output, json_path=json_path,
+                      per_class=dict(counts), notes=list(writer.notes))
+    if is_file and source.warnings:
+        summary.notes.append(f"ffmpeg reported decoding errors in {source.path} ({source.warnings[-1]}); "
+                             "some frames may show artefacts")
+    return summary
+
+
+def _nearest_existing_folder(folder: str) -> str:
+    """``folder`` or its closest existing ancestor: the staging folder goes there, so that a failed run creates
+    no output folder."""
+    folder = os.path.abspath(folder)
+    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+        folder = os.path.dirname(folder)
+    return folder
+
+
+def detect_images(predictor: Any, inputs: Sequence[str], outputs: Sequence[str], *, threshold: float = 0.6,
+                  batch_size: int = 8, json_path: Optional[str] = None, progress: bool = True) -> Summary:
+    """Annotate image files ``inputs[i]`` into ``outputs[i]`` (all in one folder).
+
+    Results are staged in a temporary folder and moved into place only when every image
+    succeeded, so a failure (e.g. an unreadable image) leaves no partial output.
+    """
+    if len(inputs) != len(outputs) or not inputs:
+        raise ValueError("inputs and outputs must be non-empty and of equal length")
+    class_names = list(predictor.class_names)
+    out_dir = os.path.dirname(os.path.abspath(outputs[0]))
+    counts: collections.Counter = collections.Counter()
+    index = [0]
+    start = time.perf_counter()
+    staging = tempfile.mkdtemp(prefix=".detect.", dir=_nearest_existing_folder(out_dir))
+    try:
+        with contextlib.ExitStack() as stack:
+            log = stack.enter_context(DetectionLog(json_path, {"input": os.path.dirname(inputs[0]) or ".",
+                                                               "output": out_dir, "threshold": threshold},
+                                                   class_names)) if json_path else None
+            bar = stack.enter_context(_progress(len(inputs), "images", progress))
+
+            def consume(image: np.ndarray, dets: Any) -> None:
+                i = index[0]
+                boxes, scores, labels = select(dets, threshold)
+                draw_detections(image, boxes, labels, scores, class_names)
+                write_image(os.path.join(staging, f"{i:08d}{os.path.splitext(outputs[i])[1]}"), image)
+                if log is not None:
+                    log.add(i, boxes, scores, labels, file=os.path.basename(inputs[i]),
+                            width=int(image.shape[1]), height=int(image.shape[0]))
+                counts.update(class_name(int(l), class_names) for l in labels)
+                index[0] += 1
+                bar.update(1)
+
+            frames = run_pipeline(iter_images(inputs), predictor.predict, consume, batch_size=batch_size)
+            os.makedirs(out_dir, exist_ok=True)
+            for i, out in enumerate(outputs):
+                os.replace(os.path.join(staging, f"{i:08d}{os.path.splitext(out)[1]}"), out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    shown = outputs[0] if len(outputs) == 1 else out_dir
+    return Summary(frames=frames, seconds=time.perf_counter() - start, output=shown, json_path=json_path,
+                   per_class=dict(counts))

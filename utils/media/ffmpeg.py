@@ -1,0 +1,190 @@
+"""The ffmpeg binary and what we learn from it without decoding: probing a video's header, reading its log.
+
+Why our own ``subprocess`` wrappers rather than ``imageio_ffmpeg.read_frames`` / ``write_frames``:
+we need ffmpeg's exit status and its stderr (to tell a truncated or corrupt file from a complete
+one, and to print one clear line instead of ffmpeg's log), which those generators don't expose.
+Only the binary (``imageio_ffmpeg.get_ffmpeg_exe()``) is taken from imageio-ffmpeg.
+"""
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import re
+import subprocess
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any, Deque, Dict, Optional
+
+import imageio_ffmpeg
+
+from utils.errors import UserError
+
+# Containers we can write H.264 into (and copy most audio codecs into): the project's one list.
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi")
+
+
+def ffmpeg_exe() -> str:
+    """Path of the ffmpeg binary bundled with imageio-ffmpeg (or $IMAGEIO_FFMPEG_EXE)."""
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What we know about a video before decoding it.
+
+    ``width``/``height`` are those of the decoded frames (display rotation applied, as ffmpeg
+    rotates on decode). ``fps`` is exact where ffmpeg's rounded figure is a known NTSC rate.
+    ``n_frames`` is an estimate (duration x fps) or None when the container doesn't say.
+    """
+
+    path: str
+    width: int
+    height: int
+    fps: Fraction
+    n_frames: Optional[int]
+    duration: Optional[float]
+    has_audio: bool
+    codec: str
+    stream: int  # index among the file's video streams (cover-art streams skipped)
+
+
+_DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+_STREAM_RE = re.compile(r"^\s*Stream #\d+:\d+.*?: (Video|Audio|Subtitle|Data|Attachment): (.*)$")
+_SIZE_RE = re.compile(r" (\d+)x(\d+)[, \[]")
+_RATE_RE = re.compile(r"([\d.]+)(k?) (fps|tbr)")
+_ROTATION_RE = re.compile(r"rotation of (-?[\d.]+) degrees", re.IGNORECASE)
+
+
+def exact_fps(value: float) -> Fraction:
+    """ffmpeg prints 29.97 for 30000/1001; recover such NTSC rates, keep others as printed."""
+    if value <= 0:
+        return Fraction(0)
+    ntsc = round(value * 1.001)
+    if abs(value - round(value)) > 1e-6 and abs(value - ntsc / 1.001) < 0.006:
+        return Fraction(ntsc * 1000, 1001)
+    return Fraction(value).limit_denominator(1001)
+
+
+def last_error_line(text: str) -> str:
+    """The most informative single line of an ffmpeg log (its own prefixes stripped)."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    skip = ("Error opening input file", "Error opening input files", "At least one output file",
+            "Consider increasing", "Terminating thread", "Task finished")
+    useful = [ln for ln in lines if not ln.startswith(skip)]
+    line = (useful or lines or [""])[-1]
+    return re.sub(r"^(\[[^\]]*\]\s*)+", "", line)[:200]
+
+
+def check_readable_file(path: str, what: str = "input") -> None:
+    if not os.path.exists(path):
+        raise UserError(f"{what} not found: {path} — check the path")
+    if os.path.isdir(path):
+        raise UserError(f"{what} is a folder, not a file: {path}")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{what} is not readable (permission denied): {path} — fix its permissions")
+    if os.path.getsize(path) == 0:
+        raise UserError(f"{what} is empty (0 bytes): {path} — re-download or re-export it")
+
+
+def probe_video(path: str) -> VideoInfo:
+    """Read a video's header with ``ffmpeg -i`` (no decoding). Raises UserError naming the file."""
+    check_readable_file(path, "input video")
+    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path],
+                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.PIPE, timeout=120)
+    text = proc.stderr.decode("utf-8", "replace")
+    if "Error opening input" in text or "Input #0" not in text:
+        if "moov atom not found" in text:
+            why = "its index is missing: the file is truncated (incomplete download/recording) or not a video"
+        else:
+            why = f"{last_error_line(text)}: it is not a video, or it is truncated or corrupt"
+        raise UserError(f"cannot read {path} as a video ({why}) — re-download or re-export it")
+    width = height = 0
+    fps = 0.0
+    codec = ""
+    v_index = -1
+    found = False
+    has_audio = False
+    in_video_block = False
+    rotation = 0.0
+    for line in text.splitlines():
+        m = _STREAM_RE.match(line)
+        if m:
+            kind, rest = m.groups()
+            in_video_block = False
+            if kind == "Audio":
+                has_audio = True
+            elif kind == "Video":
+                if "(attached pic)" in rest:  # cover art in audio files is not a video
+                    v_index += 1
+                    continue
+                v_index += 1
+                if not found:
+                    found = True
+                    in_video_block = True
+                    codec = rest.split(" ", 1)[0].strip(",")
+                    size = _SIZE_RE.search(rest + " ")
+                    if size:
+                        width, height = int(size.group(1)), int(size.group(2))
+                    rates = {unit: float(v) * (1000 if k else 1) for v, k, unit in _RATE_RE.findall(rest)}
+                    fps = rates.get("fps") or rates.get("tbr") or 0.0
+                    stream = v_index
+            continue
+        if in_video_block:
+            r = _ROTATION_RE.search(line)
+            if r:
+                rotation = float(r.group(1))
+    if not found:
+        raise UserError(f"no video frames in {path}: it has no video stream (audio-only or not a video) "
+                        "— give a video file")
+    if width <= 0 or height <= 0:
+        raise UserError(f"cannot read the frame size of {path} — the file is corrupt or has no frames; "
+                        "re-export it")
+    if int(round(abs(rotation))) % 180 == 90:
+        width, height = height, width
+    d = _DURATION_RE.search(text)
+    duration = (int(d.group(1)) * 3600 + int(d.group(2)) * 60 + float(d.group(3))) if d else None
+    exact = exact_fps(fps)
+    n_frames = int(round(duration * float(exact))) if duration and exact > 0 else None
+    return VideoInfo(path=path, width=width, height=height, fps=exact, n_frames=n_frames,
+                     duration=duration, has_audio=has_audio, codec=codec, stream=stream)
+
+
+class StderrTail(threading.Thread):
+    """Drain a process's stderr so it never blocks; keep only the last lines (bounded memory)."""
+
+    def __init__(self, stream: Any, keep: int = 30) -> None:
+        super().__init__(daemon=True)
+        self._stream = stream
+        self.lines: Deque[str] = collections.deque(maxlen=keep)
+        self.start()
+
+    def run(self) -> None:
+        with contextlib.suppress(ValueError, OSError):
+            for raw in iter(self._stream.readline, b""):
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line:
+                    self.lines.append(line)
+
+    def text(self) -> str:
+        self.join(timeout=2.0)
+        return "\n".join(self.lines)
+
+
+# Ctrl-C in the terminal must reach only us: we stop the ffmpeg children ourselves (kill a decoder,
+# finish or discard an encoder), instead of each dying mid-stream with its own exit status.
+OWN_SESSION: Dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {}
+
+
+def stop_process(proc: subprocess.Popen) -> None:
+    """Terminate a child ffmpeg quickly and reap it (no zombies, no leaked pipes)."""
+    if proc.poll() is None:
+        proc.kill()
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=5)
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        with contextlib.suppress(Exception):
+            if f is not None:
+                f.close()
