@@ -23,7 +23,7 @@ from utils.media.images import iter_images, write_image
 from utils.media.pipeline import run_pipeline
 from utils.media.results import DetectionLog, Summary, class_name, select
 from utils.media.video_reader import VideoReader
-from utils.media.video_writer import DEFAULT_CRF, VideoWriter, check_video_output
+from utils.media.video_writer import DEFAULT_CRF, SoundNotWritten, VideoWriter, check_video_output
 from utils.media.webcam import WebcamReader
 
 
@@ -35,12 +35,14 @@ def _progress(total: Optional[int], desc: str, enabled: bool) -> Any:
 
 def detect_video(predictor: Any, source: Any, output: str, *, threshold: float = 0.6, batch_size: int = 8,
                  crf: int = DEFAULT_CRF, audio: bool = True, json_path: Optional[str] = None,
-                 progress: bool = True) -> Summary:
+                 progress: bool = True, only: Optional[Sequence[int]] = None) -> Summary:
     """Annotate every frame of ``source`` (a VideoReader or WebcamReader) into ``output``.
 
-    Frames keep their order, size and the source's fps; the source's audio is stream-copied when
-    ``audio`` and the source has any. Nothing appears under ``output`` / ``json_path`` unless
-    the whole run succeeds.
+    Frames keep their order, size and the source's fps, one output frame per decoded frame; the source's audio
+    is added whole (trimmed only when ``max_frames`` stopped the source early) when ``audio`` and the source has
+    any. ``only``: model labels (1..C-1) to keep, None for all. Nothing appears under ``output`` / ``json_path``
+    unless the whole run succeeds, except that a disk filling up while the sound is added leaves the silent video
+    (and the JSON) in place and raises ``SoundNotWritten``.
     """
     check_video_output(output)
     class_names = list(predictor.class_names)
@@ -51,8 +53,10 @@ def detect_video(predictor: Any, source: Any, output: str, *, threshold: float =
     if total is not None and getattr(source, "max_frames", None):
         total = min(total, source.max_frames)
     fps_f = float(fps) if fps > 0 else 25.0
+    start_s = source.info.start if is_file else 0.0
     counts: collections.Counter = collections.Counter()
     index = [0]
+    sound_error: Optional[SoundNotWritten] = None
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         # entered first = committed last: the JSON only appears once the video is in place
@@ -64,17 +68,27 @@ def detect_video(predictor: Any, source: Any, output: str, *, threshold: float =
         bar = stack.enter_context(_progress(total, os.path.basename(output), progress))
 
         def consume(frame: np.ndarray, dets: Any) -> None:
-            boxes, scores, labels = select(dets, threshold)
+            boxes, scores, labels = select(dets, threshold, only)
             draw_detections(frame, boxes, labels, scores, class_names)
             writer.write(frame)
-            if log is not None:
-                log.add(index[0], boxes, scores, labels, time=round(index[0] / fps_f, 4))
+            if log is not None:  # time: in the output; pts: when the frame is shown in the input
+                log.add(index[0], boxes, scores, labels, time=round(index[0] / fps_f, 4),
+                        pts=round(start_s + index[0] / fps_f, 4))
             counts.update(class_name(int(l), class_names) for l in labels)
             index[0] += 1
             bar.update(1)
 
         stop = source.stop if isinstance(source, WebcamReader) else None
         frames = run_pipeline(source, predictor.predict, consume, batch_size=batch_size, stop_on_interrupt=stop)
+        if is_file and source.max_frames is not None and frames >= source.max_frames:
+            writer.audio_until = frames / fps_f  # the video was cut short on purpose: so is its sound
+        try:
+            writer.close()
+        except SoundNotWritten as exc:  # the silent video is in place: let the JSON be written too
+            sound_error = exc
+    if sound_error is not None:
+        kept = f"kept the video without sound and {json_path}" if json_path else "kept the video without sound"
+        raise SoundNotWritten(sound_error.message.replace("kept the video without sound", kept)) from None
     summary = Summary(frames=frames, seconds=time.perf_counter() - start, output=output, json_path=json_path,
                       per_class=dict(counts), notes=list(writer.notes))
     if is_file and source.warnings:
@@ -93,8 +107,9 @@ def _nearest_existing_folder(folder: str) -> str:
 
 
 def detect_images(predictor: Any, inputs: Sequence[str], outputs: Sequence[str], *, threshold: float = 0.6,
-                  batch_size: int = 8, json_path: Optional[str] = None, progress: bool = True) -> Summary:
-    """Annotate image files ``inputs[i]`` into ``outputs[i]`` (all in one folder).
+                  batch_size: int = 8, json_path: Optional[str] = None, progress: bool = True,
+                  only: Optional[Sequence[int]] = None) -> Summary:
+    """Annotate image files ``inputs[i]`` into ``outputs[i]`` (all in one folder); ``only``: labels to keep.
 
     Results are staged in a temporary folder and moved into place only when every image
     succeeded, so a failure (e.g. an unreadable image) leaves no partial output.
@@ -116,7 +131,7 @@ def detect_images(predictor: Any, inputs: Sequence[str], outputs: Sequence[str],
 
             def consume(image: np.ndarray, dets: Any) -> None:
                 i = index[0]
-                boxes, scores, labels = select(dets, threshold)
+                boxes, scores, labels = select(dets, threshold, only)
                 draw_detections(image, boxes, labels, scores, class_names)
                 write_image(os.path.join(staging, f"{i:08d}{os.path.splitext(outputs[i])[1]}"), image)
                 if log is not None:

@@ -15,7 +15,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Deque, Dict, Optional
+from typing import Any, Deque, Dict, Optional, Tuple
 
 import imageio_ffmpeg
 
@@ -36,7 +36,9 @@ class VideoInfo:
 
     ``width``/``height`` are those of the decoded frames (display rotation applied, as ffmpeg
     rotates on decode). ``fps`` is exact where ffmpeg's rounded figure is a known NTSC rate.
-    ``n_frames`` is an estimate (duration x fps) or None when the container doesn't say.
+    ``n_frames`` is an estimate (duration x fps) or None when the container doesn't say. A variable frame rate
+    video is decoded resampled to its nominal rate ``fps`` (frames repeated or dropped as ffmpeg's constant-rate
+    output does), so frame ``i`` always shows the input at time ``start + i / fps``.
     """
 
     path: str
@@ -48,9 +50,12 @@ class VideoInfo:
     has_audio: bool
     codec: str
     stream: int  # index among the file's video streams (cover-art streams skipped)
+    start: float = 0.0  # the file's start time (s): frame i is presented at start + i / fps
+    audio_codecs: Tuple[str, ...] = ()
 
 
 _DURATION_RE = re.compile(r"Duration:\s*(\d+):(\d+):(\d+(?:\.\d+)?)")
+_START_RE = re.compile(r"Duration:.*?, start: (-?\d+(?:\.\d+)?)")
 _STREAM_RE = re.compile(r"^\s*Stream #\d+:\d+.*?: (Video|Audio|Subtitle|Data|Attachment): (.*)$")
 _SIZE_RE = re.compile(r" (\d+)x(\d+)[, \[]")
 _RATE_RE = re.compile(r"([\d.]+)(k?) (fps|tbr)")
@@ -88,9 +93,8 @@ def check_readable_file(path: str, what: str = "input") -> None:
         raise UserError(f"{what} is empty (0 bytes): {path} — re-download or re-export it")
 
 
-def probe_video(path: str) -> VideoInfo:
-    """Read a video's header with ``ffmpeg -i`` (no decoding). Raises UserError naming the file."""
-    check_readable_file(path, "input video")
+def _read_header(path: str) -> str:
+    """ffmpeg's description of ``path`` (``ffmpeg -i``, no decoding); UserError naming the file if unreadable."""
     proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path],
                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, timeout=120)
@@ -101,55 +105,71 @@ def probe_video(path: str) -> VideoInfo:
         else:
             why = f"{last_error_line(text)}: it is not a video, or it is truncated or corrupt"
         raise UserError(f"cannot read {path} as a video ({why}) — re-download or re-export it")
-    width = height = 0
-    fps = 0.0
-    codec = ""
+    return text
+
+
+def _first_video_stream(text: str) -> Optional[Dict[str, Any]]:
+    """Codec, size, rate, rotation and index (among video streams, cover art counted) of the first real video
+    stream in an ``ffmpeg -i`` description; None when there is none."""
+    found: Optional[Dict[str, Any]] = None
     v_index = -1
-    found = False
-    has_audio = False
-    in_video_block = False
-    rotation = 0.0
+    in_block = False
     for line in text.splitlines():
         m = _STREAM_RE.match(line)
         if m:
             kind, rest = m.groups()
-            in_video_block = False
-            if kind == "Audio":
-                has_audio = True
-            elif kind == "Video":
-                if "(attached pic)" in rest:  # cover art in audio files is not a video
-                    v_index += 1
-                    continue
-                v_index += 1
-                if not found:
-                    found = True
-                    in_video_block = True
-                    codec = rest.split(" ", 1)[0].strip(",")
-                    size = _SIZE_RE.search(rest + " ")
-                    if size:
-                        width, height = int(size.group(1)), int(size.group(2))
-                    rates = {unit: float(v) * (1000 if k else 1) for v, k, unit in _RATE_RE.findall(rest)}
-                    fps = rates.get("fps") or rates.get("tbr") or 0.0
-                    stream = v_index
+            in_block = False
+            if kind != "Video":
+                continue
+            v_index += 1
+            if found is None and "(attached pic)" not in rest:  # cover art in audio files is not a video
+                in_block = True
+                size = _SIZE_RE.search(rest + " ")
+                rates = {unit: float(v) * (1000 if k else 1) for v, k, unit in _RATE_RE.findall(rest)}
+                found = {"codec": rest.split(" ", 1)[0].strip(","), "stream": v_index, "rotation": 0.0,
+                         "size": (int(size.group(1)), int(size.group(2))) if size else (0, 0),
+                         "fps": rates.get("fps") or rates.get("tbr") or 0.0}
             continue
-        if in_video_block:
-            r = _ROTATION_RE.search(line)
-            if r:
-                rotation = float(r.group(1))
-    if not found:
+        r = _ROTATION_RE.search(line) if in_block else None
+        if r:
+            found["rotation"] = float(r.group(1))  # type: ignore[index]
+    return found
+
+
+def audio_codecs(text: str) -> Tuple[str, ...]:
+    """Codec names (ffmpeg's: ``aac``, ``mp3``, ``vorbis``, ``pcm_s16le`` ...) of the audio streams, in order."""
+    return tuple(m.group(2).split(" ", 1)[0].strip(",") for m in map(_STREAM_RE.match, text.splitlines())
+                 if m and m.group(1) == "Audio")
+
+
+def probe_audio_codecs(path: str) -> Tuple[str, ...]:
+    """The audio codecs of any media file ``path`` (a video, or an audio file such as a WAV)."""
+    return audio_codecs(_read_header(path))
+
+
+def probe_video(path: str) -> VideoInfo:
+    """Read a video's header with ``ffmpeg -i`` (no decoding). Raises UserError naming the file."""
+    check_readable_file(path, "input video")
+    text = _read_header(path)
+    video = _first_video_stream(text)
+    if video is None:
         raise UserError(f"no video frames in {path}: it has no video stream (audio-only or not a video) "
                         "— give a video file")
+    width, height = video["size"]
     if width <= 0 or height <= 0:
         raise UserError(f"cannot read the frame size of {path} — the file is corrupt or has no frames; "
                         "re-export it")
-    if int(round(abs(rotation))) % 180 == 90:
+    if int(round(abs(video["rotation"]))) % 180 == 90:
         width, height = height, width
     d = _DURATION_RE.search(text)
     duration = (int(d.group(1)) * 3600 + int(d.group(2)) * 60 + float(d.group(3))) if d else None
-    exact = exact_fps(fps)
+    start = _START_RE.search(text)
+    exact = exact_fps(video["fps"])
     n_frames = int(round(duration * float(exact))) if duration and exact > 0 else None
+    codecs = audio_codecs(text)
     return VideoInfo(path=path, width=width, height=height, fps=exact, n_frames=n_frames,
-                     duration=duration, has_audio=has_audio, codec=codec, stream=stream)
+                     duration=duration, has_audio=bool(codecs), codec=video["codec"], stream=video["stream"],
+                     start=float(start.group(1)) if start else 0.0, audio_codecs=codecs)
 
 
 class StderrTail(threading.Thread):

@@ -17,12 +17,16 @@ def _numpy(x: Any) -> np.ndarray:
     return np.asarray(x)
 
 
-def select(dets: Any, threshold: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(boxes float32 [k, 4], scores float32 [k], labels int64 [k])`` with score >= threshold."""
+def select(dets: Any, threshold: float, only: Optional[Sequence[int]] = None
+           ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(boxes float32 [k, 4], scores float32 [k], labels int64 [k])`` with score >= threshold and, when
+    ``only`` is given, a label in ``only`` (model labels 1..C-1)."""
     boxes = _numpy(dets.boxes).astype(np.float32).reshape(-1, 4)
     scores = _numpy(dets.scores).astype(np.float32).reshape(-1)
     labels = _numpy(dets.labels).astype(np.int64).reshape(-1)
     keep = scores >= threshold
+    if only is not None:
+        keep &= np.isin(labels, np.asarray(list(only), dtype=np.int64))
     return boxes[keep], scores[keep], labels[keep]
 
 

@@ -6,14 +6,14 @@ import os
 import subprocess
 import tempfile
 from fractions import Fraction
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
 from utils.errors import UserError
 from utils.io import atomic_write
 from utils.media.ffmpeg import (OWN_SESSION, VIDEO_EXTENSIONS, StderrTail, ffmpeg_exe, last_error_line,
-                                stop_process)
+                                probe_audio_codecs, stop_process)
 
 DEFAULT_CRF = 23  # x264's own default: visually near-transparent at reasonable sizes
 
@@ -40,12 +40,52 @@ def video_pix_fmt(width: int, height: int) -> str:
     return "yuv420p" if width % 2 == 0 and height % 2 == 0 else "yuv444p"
 
 
+_PCM = {"pcm_s16le", "pcm_s16be", "pcm_s24le", "pcm_s24be", "pcm_s32le", "pcm_s32be", "pcm_f32le", "pcm_f32be",
+        "pcm_f64le", "pcm_f64be", "pcm_u8"}
+# Audio codecs each container carries in a standard, widely played way: these are copied, others re-encoded.
+# MP4 (ISO/IEC 14496-14 and the MP4 registration authority): AAC, MP3, ALAC, AC-3, E-AC-3 (Vorbis has no MP4
+# mapping; Opus / FLAC / PCM-in-MP4 mappings are recent and many players refuse them). QuickTime adds PCM.
+# Matroska defines a codec ID for nearly everything; AVI's WAVE format tags: PCM, MP3, MP2, AC-3.
+CARRIED_AUDIO = {
+    ".mp4": {"aac", "mp3", "alac", "ac3", "eac3"},
+    ".mov": {"aac", "mp3", "alac", "ac3", "eac3"} | _PCM,
+    ".mkv": {"aac", "mp3", "mp2", "ac3", "eac3", "dts", "truehd", "flac", "vorbis", "opus", "alac"} | _PCM,
+    ".avi": {"mp3", "mp2", "ac3", "pcm_s16le", "pcm_u8"},
+}
+# What others become: AAC, except in AVI, whose standard lossy codec is MP3.
+_REENCODE = {".avi": ("libmp3lame", "MP3")}
+
+
+def audio_encoder(codec: str, ext: str) -> Optional[Tuple[str, str]]:
+    """None when audio in ``codec`` can be copied into a ``ext`` file as is; else ``(ffmpeg encoder, name)``."""
+    if codec in CARRIED_AUDIO[ext]:
+        return None
+    return _REENCODE.get(ext, ("aac", "AAC"))
+
+
+def _umask_mode(mode: int = 0o666) -> int:
+    """``mode`` as a plain ``open()`` would create it under the current umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def _no_space(text: str) -> bool:
+    return "No space left on device" in text
+
+
+class SoundNotWritten(UserError):
+    """The disk filled up while the sound was being added: the video is in place without sound."""
+
+
 class VideoWriter:
     """Encode RGB frames into an H.264 file, atomically, keeping size and fps exactly.
 
-    The video is encoded under a temporary name beside ``path``; on ``close()`` the input's audio
-    (if ``audio_from`` is given and has audio) is stream-copied in (no re-encode; AAC only if the
-    container refuses the codec) and the result is renamed to ``path``. ``abort()`` (or leaving a
+    The video is encoded under a temporary name beside ``path``; on ``close()`` the audio of ``audio_from``
+    (if given and it has any) is added whole, every stream: copied when the container carries its codec in a
+    standard way (``CARRIED_AUDIO``), re-encoded otherwise, and the result is renamed to ``path``. The video is
+    never cut to the audio's length; set ``audio_until`` (seconds) before closing to trim the audio instead
+    (e.g. when only the first frames were written). ``abort()`` (or leaving a
     ``with`` block by an exception) removes every temporary file: an interrupted run never leaves
     a half-written file under ``path``.
 
@@ -66,6 +106,7 @@ class VideoWriter:
         self.width, self.height, self.fps = int(width), int(height), fps
         self.audio_from = audio_from
         self.audio_codec = audio_codec
+        self.audio_until: Optional[float] = None
         self._meta = ["-map_metadata", "-1", "-fflags", "+bitexact"] if reproducible else []
         self.frames_written = 0
         self.notes: List[str] = []
@@ -79,6 +120,7 @@ class VideoWriter:
                 fd, self._video_tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.video.",
                                                        suffix=ext, dir=os.path.dirname(self._final_tmp))
                 os.close(fd)
+                os.chmod(self._video_tmp, _umask_mode())  # it becomes the output when the sound can't be added
                 self._stack.callback(remove_quietly, self._video_tmp)
             else:
                 self._video_tmp = self._final_tmp
@@ -112,9 +154,7 @@ class VideoWriter:
             self._proc.stdin.write(memoryview(np.ascontiguousarray(frame)).cast("B"))
         except (BrokenPipeError, OSError) as exc:
             self._proc.wait()
-            raise UserError(f"could not write video {self.path} "
-                            f"({last_error_line(self._log.text()) or exc}) — check free disk space "
-                            "and the output path") from None
+            raise self._encode_error(last_error_line(self._log.text()) or str(exc)) from None
         self.frames_written += 1
 
     def close(self) -> None:
@@ -127,8 +167,7 @@ class VideoWriter:
                 self._proc.stdin.close()
             rc = self._proc.wait()
             if rc != 0:
-                raise UserError(f"could not write video {self.path} ({last_error_line(self._log.text())})"
-                                " — check free disk space and the output path")
+                raise self._encode_error(last_error_line(self._log.text()))
             if self.frames_written == 0:
                 raise UserError(f"no frames to write to {self.path}")
             if self._video_tmp != self._final_tmp:
@@ -137,6 +176,12 @@ class VideoWriter:
             self._stack.__exit__(type(exc), exc, exc.__traceback__)
             raise
         self._stack.close()  # renames the finished file into place, removes the intermediate
+
+    def _encode_error(self, reason: str) -> UserError:
+        if _no_space(reason):
+            return UserError(f"no space left on device while writing {self.path} — nothing was written; "
+                             "free some space and run again")
+        return UserError(f"could not write video {self.path} ({reason}) — check free disk space and the output path")
 
     def abort(self) -> None:
         """Stop encoding and remove every temporary file; ``path`` is left untouched."""
@@ -148,24 +193,40 @@ class VideoWriter:
         self._stack.__exit__(type(exc), exc, None)
 
     def _mux_audio(self) -> None:
+        """Add every audio stream of ``audio_from`` to the encoded video (into the final temporary file)."""
         assert self.audio_from is not None
-        base = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-v", "error",
-                "-i", self._video_tmp, "-i", self.audio_from,
-                "-map", "0:v:0", "-map", "1:a?", "-c:v", "copy", "-shortest", *self._meta]
-        tail = ["-movflags", "+faststart"] if self.path.lower().endswith((".mp4", ".mov")) else []
-        tries = [["-c:a", self.audio_codec]] if self.audio_codec else [["-c:a", "copy"], ["-c:a", "aac"]]
-        for audio in tries:  # copy; AAC only if the container refuses it
-            proc = subprocess.run(base + audio + tail + [self._final_tmp], stdin=subprocess.DEVNULL,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            if proc.returncode == 0:
-                if audio[1] != "copy" and not self.audio_codec:
-                    self.notes.append(f"the input's audio codec can't go into "
-                                      f"{os.path.splitext(self.path)[1]}; it was re-encoded to AAC")
+        ext = os.path.splitext(self.path)[1].lower()
+        codecs = probe_audio_codecs(self.audio_from)
+        trim = ["-t", f"{self.audio_until:.6f}"] if self.audio_until is not None else []
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-v", "error", "-i", self._video_tmp,
+               *trim, "-i", self.audio_from, "-map", "0:v:0", "-map", "1:a?", "-c:v", "copy", *self._meta]
+        plans = [[(self.audio_codec, "") if self.audio_codec else audio_encoder(c, ext) for c in codecs]]
+        if any(e is None for e in plans[0]):  # a copy the muxer still refuses: re-encode everything
+            plans.append([_REENCODE.get(ext, ("aac", "AAC"))] * len(codecs))
+        tail = ["-movflags", "+faststart"] if ext in (".mp4", ".mov") else []
+        for plan in plans:
+            codec_args = [a for i, e in enumerate(plan) for a in (f"-c:a:{i}", e[0] if e else "copy")]
+            log = self._run_mux(cmd + codec_args + tail)
+            if log is None:
+                encoded = sorted({f"{c} → {e[1]}" for c, e in zip(codecs, plan) if e and e[1]})
+                if encoded:
+                    self.notes.append(f"the input's audio ({', '.join(encoded)}) was re-encoded: {ext} has no "
+                                      "standard place for the original codec")
                 return
-        self.notes.append("the audio could not be copied "
-                          f"({last_error_line(proc.stderr.decode('utf-8', 'replace'))}); "
-                          "the output has no sound")
+            if _no_space(log):
+                break
+        if _no_space(log):
+            os.replace(self._video_tmp, self.path)  # complete, only silent: better than nothing
+            raise SoundNotWritten(f"no space left on device while writing the sound of {self.path} — kept the "
+                                  "video without sound; free some space and run again")
+        self.notes.append(f"the audio could not be copied ({last_error_line(log)}); the output has no sound")
         os.replace(self._video_tmp, self._final_tmp)
+
+    def _run_mux(self, cmd: List[str]) -> Optional[str]:
+        """Run one mux attempt into the final temporary file; None on success, else ffmpeg's log."""
+        proc = subprocess.run(cmd + [self._final_tmp], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+        return None if proc.returncode == 0 else proc.stderr.decode("utf-8", "replace")
 
     def __enter__(self) -> "VideoWriter":
         return self
