@@ -30,6 +30,7 @@ from utils.labels import read_class_names
 from utils.media.detect import detect_images, detect_video
 from utils.media.ffmpeg import VIDEO_EXTENSIONS
 from utils.media.images import IMAGE_EXTENSIONS, is_image_path, list_images
+from utils.media.preview import Preview, check_can_show
 from utils.media.video_reader import VideoReader
 from utils.media.video_writer import DEFAULT_CRF, check_video_output, crf_from_quality
 from utils.media.webcam import WebcamReader
@@ -64,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--crf", type=int, help=f"x264 CRF 0 (lossless) .. 51 (smallest); default {DEFAULT_CRF}")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="write every frame's detections to PATH")
     p.add_argument("--max_frames", type=int, help="stop after this many frames/images")
+    p.add_argument("--only", metavar="NAMES", help="keep only these classes (comma-separated, e.g. person,car) in "
+                                                   "the drawing, the JSON and the counts")
+    p.add_argument("--show", action="store_true", help="show the annotated frames in a window as they are written "
+                                                       "(video, stream, webcam; needs OpenCV with a GUI: "
+                                                       "pip install opencv-python)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
@@ -146,6 +152,10 @@ def check_flags(args: argparse.Namespace) -> int:
         raise UserError(f"--top_k {args.top_k} must be at least 1", code=2)
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"--max_frames {args.max_frames} must be at least 1", code=2)
+    if args.only is not None and not [n for n in args.only.split(",") if n.strip()]:
+        raise UserError("--only lists no class names — give e.g. --only person,car", code=2)
+    if args.show:
+        check_can_show()
     if args.num_classes is not None and args.num_classes < 2:
         raise UserError(f"--num_classes {args.num_classes} must count background plus at least one class", code=2)
     if args.crf is not None:
@@ -192,6 +202,18 @@ def load_predictor(args: argparse.Namespace) -> Any:
                         " — check that it is an SSD checkpoint from this project or ssd.pytorch") from None
 
 
+def only_labels(only: Optional[str], class_names: Sequence[str]) -> Optional[List[int]]:
+    """``--only a,b`` → the model labels (1..C-1) of those classes; None keeps every class."""
+    if only is None:
+        return None
+    wanted = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in class_names]
+    if unknown:
+        raise UserError(f"--only: {', '.join(repr(n) for n in unknown)} is not a class of this model — its classes "
+                        f"are: {', '.join(class_names)}", code=2)
+    return [list(class_names).index(n) + 1 for n in wanted]
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     crf = check_flags(args)
@@ -201,15 +223,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         source = VideoReader(job.inputs[0], max_frames=args.max_frames)  # probes: bad videos fail here
         source.peek()  # and zero-frame / undecodable ones here, before the model is loaded
     predictor = load_predictor(args)
+    only = only_labels(args.only, predictor.class_names)
     if job.kind == "webcam":
         source = WebcamReader(job.webcam, max_frames=args.max_frames)
     if job.kind in ("video", "webcam"):
-        summary = detect_video(predictor, source, job.outputs[0], threshold=args.threshold,
-                               batch_size=args.batch_size, crf=crf, audio=args.audio, json_path=args.json_path,
-                               progress=args.progress)
+        preview = Preview(f"{os.path.basename(args.input)} — object_detection.py") if args.show else None
+        try:
+            summary = detect_video(predictor, source, job.outputs[0], threshold=args.threshold,
+                                   batch_size=args.batch_size, crf=crf, audio=args.audio, json_path=args.json_path,
+                                   progress=args.progress, only=only, show=preview.show if preview else None)
+        finally:
+            if preview is not None:
+                preview.close()
     else:
         summary = detect_images(predictor, job.inputs, job.outputs, threshold=args.threshold,
-                                batch_size=args.batch_size, json_path=args.json_path, progress=args.progress)
+                                batch_size=args.batch_size, json_path=args.json_path, progress=args.progress,
+                                only=only)
     print("\n".join(summary.lines(args.threshold)))
     return 0
 

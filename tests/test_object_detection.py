@@ -310,3 +310,59 @@ def test_cli_bad_models_and_decode_time_errors_fail_with_one_clear_line(tmp_path
                                                          cwd=work)):
         _assert_one_line_error(proc, expected, args)
     assert sorted(os.listdir(work)) == before
+
+
+# --------------------------------------------------------------------------------------------
+# --only (issue 18.8) and --show (issue 18.7)
+
+def test_only_keeps_the_named_classes_in_drawing_json_and_counts(tmp_path):
+    src = make_video(tmp_path / "in.mp4", ramp_frames(6, 48, 64))
+    out, js = str(tmp_path / "out.mp4"), str(tmp_path / "out.json")
+    summary = detect_video(StubPredictor(), VideoReader(src), out, threshold=0.2, json_path=js, progress=False,
+                           only=[2])
+    assert summary.per_class == {"dog": 6}
+    assert all([d["class"] for d in f["detections"]] == ["dog"] for f in json.load(open(js))["frames"])
+    for i, frame in enumerate(decode_all(out)):
+        assert close(frame[30, StubPredictor.box(i)[0]], [20 + 8 * i] * 3, 4)  # the cat box is not drawn
+
+
+def test_show_receives_every_annotated_frame(tmp_path):
+    src = make_video(tmp_path / "in.mp4", ramp_frames(5, 48, 64))
+    shown = []
+    detect_video(StubPredictor(), VideoReader(src), str(tmp_path / "out.mp4"), progress=False,
+                 show=lambda frame: shown.append(frame.copy()))
+    assert len(shown) == 5
+    assert all(close(f[30, StubPredictor.box(i)[0]], palette(3)[1]) for i, f in enumerate(shown))
+
+
+def _run_in_process(args, cwd):
+    err = io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
+            pytest.raises(SystemExit) as exit_info:
+        run_cli(od.main, args)
+    return exit_info.value.code, err.getvalue()
+
+
+def test_cli_only_filters_and_an_unknown_name_lists_the_models_classes(tmp_path, make_checkpoint):
+    model = make_checkpoint()  # classes: circle, square, triangle, star, ring
+    src = make_video(tmp_path / "in.mp4", ramp_frames(4, 48, 64))
+    js = str(tmp_path / "out.json")
+    code, err = _run_in_process([model, src, "-o", "out.mp4", "--only", "ring,star", "--threshold", "0.01",
+                                 "--json", js, "--device", "cpu"], tmp_path)
+    assert code == 0, err
+    classes = {d["class"] for f in json.load(open(js))["frames"] for d in f["detections"]}
+    assert classes and classes <= {"ring", "star"}
+    code, err = _run_in_process([model, src, "-o", "other.mp4", "--only", "ring,person", "--device", "cpu"],
+                                tmp_path)
+    assert code == 2 and err.count("\n") == 1
+    assert "'person' is not a class of this model" in err and "circle, square, triangle, star, ring" in err
+    assert not os.path.exists(tmp_path / "other.mp4")
+
+
+def test_cli_show_without_a_gui_opencv_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr("utils.media.preview.gui_backend", lambda: None)  # as with the default headless OpenCV
+    src = make_video(tmp_path / "in.mp4", ramp_frames(2, 48, 64))
+    open(tmp_path / "model.pth", "wb").write(b"x")  # never loaded: refused before
+    code, err = _run_in_process(["model.pth", src, "--show"], tmp_path)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: --show needs OpenCV with a GUI") and "pip install opencv-python" in err

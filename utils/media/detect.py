@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -35,12 +35,14 @@ def _progress(total: Optional[int], desc: str, enabled: bool) -> Any:
 
 def detect_video(predictor: Any, source: Any, output: str, *, threshold: float = 0.6, batch_size: int = 8,
                  crf: int = DEFAULT_CRF, audio: bool = True, json_path: Optional[str] = None,
-                 progress: bool = True, only: Optional[Sequence[int]] = None) -> Summary:
+                 progress: bool = True, only: Optional[Sequence[int]] = None,
+                 show: Optional[Callable[[np.ndarray], None]] = None) -> Summary:
     """Annotate every frame of ``source`` (a VideoReader or WebcamReader) into ``output``.
 
     Frames keep their order, size and the source's fps, one output frame per decoded frame; the source's audio
     is added whole (trimmed only when ``max_frames`` stopped the source early) when ``audio`` and the source has
-    any. ``only``: model labels (1..C-1) to keep, None for all. Nothing appears under ``output`` / ``json_path``
+    any. ``only``: model labels (1..C-1) to keep, None for all. ``show(frame)`` is called with every annotated
+    frame (a preview window), on the pipeline's writer thread. Nothing appears under ``output`` / ``json_path``
     unless the whole run succeeds, except that a disk filling up while the sound is added leaves the silent video
     (and the JSON) in place and raises ``SoundNotWritten``.
     """
@@ -71,6 +73,8 @@ def detect_video(predictor: Any, source: Any, output: str, *, threshold: float =
             boxes, scores, labels = select(dets, threshold, only)
             draw_detections(frame, boxes, labels, scores, class_names)
             writer.write(frame)
+            if show is not None:
+                show(frame)
             if log is not None:  # time: in the output; pts: when the frame is shown in the input
                 log.add(index[0], boxes, scores, labels, time=round(index[0] / fps_f, 4),
                         pts=round(start_s + index[0] / fps_f, 4))
