@@ -28,7 +28,7 @@ from utils.errors import UserError, run_cli
 from utils.inference import open_predictor
 from utils.labels import read_class_names
 from utils.media.detect import detect_images, detect_video
-from utils.media.ffmpeg import VIDEO_EXTENSIONS
+from utils.media.ffmpeg import VIDEO_EXTENSIONS, is_stream_url
 from utils.media.images import IMAGE_EXTENSIONS, is_image_path, list_images
 from utils.media.preview import Preview, check_can_show
 from utils.media.video_reader import VideoReader
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "with an SSD and write the annotated result.")
     p.add_argument("model", metavar="MODEL", help="checkpoint (.pth/.pt) or exported .onnx model")
     p.add_argument("input", metavar="INPUT",
-                   help="video file, image file, folder of images, or a webcam index (0, 1, ...)")
+                   help="video file, image file, folder of images, a webcam index (0, 1, ...) or a live stream "
+                        "(rtsp://, rtmp://, http(s)://, udp://; end it with --max_frames, --max_seconds or Ctrl-C)")
     p.add_argument("-o", "--output", default=None,
                    help=f"output video ({', '.join(VIDEO_EXTENSIONS)}; default {DEFAULT_OUTPUT}), image "
                         "(default <name>_detected.<ext> beside the input) or folder (default <folder>_detected)")
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--crf", type=int, help=f"x264 CRF 0 (lossless) .. 51 (smallest); default {DEFAULT_CRF}")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="write every frame's detections to PATH")
     p.add_argument("--max_frames", type=int, help="stop after this many frames/images")
+    p.add_argument("--max_seconds", type=float, help="stop after this many seconds of video (files, streams)")
     p.add_argument("--only", metavar="NAMES", help="keep only these classes (comma-separated, e.g. person,car) in "
                                                    "the drawing, the JSON and the counts")
     p.add_argument("--show", action="store_true", help="show the annotated frames in a window as they are written "
@@ -96,7 +98,11 @@ def plan(args: argparse.Namespace) -> Job:
     """Resolve input kind and output paths and validate them; cheap, before any model is loaded."""
     inp = args.input
     out = args.output
-    if not os.path.exists(inp) and inp.isdigit():
+    if is_stream_url(inp):
+        out = out or DEFAULT_OUTPUT
+        check_video_output(out)
+        job = Job("video", [inp], [out])
+    elif not os.path.exists(inp) and inp.isdigit():
         out = out or DEFAULT_OUTPUT
         check_video_output(out)
         job = Job("webcam", [], [out], webcam=int(inp))
@@ -152,6 +158,8 @@ def check_flags(args: argparse.Namespace) -> int:
         raise UserError(f"--top_k {args.top_k} must be at least 1", code=2)
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"--max_frames {args.max_frames} must be at least 1", code=2)
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise UserError(f"--max_seconds {args.max_seconds} must be positive", code=2)
     if args.only is not None and not [n for n in args.only.split(",") if n.strip()]:
         raise UserError("--only lists no class names — give e.g. --only person,car", code=2)
     if args.show:
@@ -220,7 +228,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     job = plan(args)
     source: Any = None
     if job.kind == "video":
-        source = VideoReader(job.inputs[0], max_frames=args.max_frames)  # probes: bad videos fail here
+        # probes: bad videos (and unreachable streams) fail here
+        source = VideoReader(job.inputs[0], max_frames=args.max_frames, max_seconds=args.max_seconds)
         source.peek()  # and zero-frame / undecodable ones here, before the model is loaded
     predictor = load_predictor(args)
     only = only_labels(args.only, predictor.class_names)

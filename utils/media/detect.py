@@ -65,7 +65,8 @@ def detect_video(predictor: Any, source: Any, output: str, *, threshold: float =
         log = stack.enter_context(DetectionLog(json_path, {
             "input": getattr(source, "path", None), "output": output, "fps": fps_f,
             "width": width, "height": height, "threshold": threshold}, class_names)) if json_path else None
-        audio_from = source.path if audio and is_file and source.info.has_audio else None
+        # a live stream can't be read twice: its sound would have to be recorded while decoding (not done)
+        audio_from = source.path if audio and is_file and source.info.has_audio and not source.is_stream else None
         writer = stack.enter_context(VideoWriter(output, width, height, fps, crf=crf, audio_from=audio_from))
         bar = stack.enter_context(_progress(total, os.path.basename(output), progress))
 
@@ -82,9 +83,10 @@ def detect_video(predictor: Any, source: Any, output: str, *, threshold: float =
             index[0] += 1
             bar.update(1)
 
-        stop = source.stop if isinstance(source, WebcamReader) else None
-        frames = run_pipeline(source, predictor.predict, consume, batch_size=batch_size, stop_on_interrupt=stop)
-        if is_file and source.max_frames is not None and frames >= source.max_frames:
+        live = isinstance(source, WebcamReader) or (is_file and source.is_stream)
+        frames = run_pipeline(source, predictor.predict, consume, batch_size=batch_size,
+                              stop_on_interrupt=source.stop if live else None)
+        if is_file and _cut_short(source, frames, fps_f):
             writer.audio_until = frames / fps_f  # the video was cut short on purpose: so is its sound
         try:
             writer.close()
@@ -95,10 +97,19 @@ def detect_video(predictor: Any, source: Any, output: str, *, threshold: float =
         raise SoundNotWritten(sound_error.message.replace("kept the video without sound", kept)) from None
     summary = Summary(frames=frames, seconds=time.perf_counter() - start, output=output, json_path=json_path,
                       per_class=dict(counts), notes=list(writer.notes))
+    if is_file and source.is_stream and audio and source.info.has_audio:
+        summary.notes.append("the stream's sound is not recorded (only its frames)")
     if is_file and source.warnings:
         summary.notes.append(f"ffmpeg reported decoding errors in {source.path} ({source.warnings[-1]}); "
                              "some frames may show artefacts")
     return summary
+
+
+def _cut_short(source: VideoReader, frames: int, fps: float) -> bool:
+    """Whether ``max_frames`` / ``max_seconds`` ended the video before its end."""
+    by_count = source.max_frames is not None and frames >= source.max_frames
+    by_time = source.max_seconds is not None and frames >= source.max_seconds * fps - 1
+    return by_count or by_time
 
 
 def _nearest_existing_folder(folder: str) -> str:

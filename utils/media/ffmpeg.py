@@ -15,7 +15,7 @@ import subprocess
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Deque, Dict, Optional, Tuple
+from typing import Any, Deque, Dict, List, Optional, Tuple
 
 import imageio_ffmpeg
 
@@ -23,6 +23,26 @@ from utils.errors import UserError
 
 # Containers we can write H.264 into (and copy most audio codecs into): the project's one list.
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi")
+
+
+# Network inputs ffmpeg reads as live streams.
+STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "rtmps", "http", "https", "udp", "tcp", "srt")
+STREAM_TIMEOUT_S = 15  # no data for this long: the stream is considered down
+
+
+def is_stream_url(path: str) -> bool:
+    """True for ``rtsp://``, ``rtmp://``, ``http(s)://``, ``udp://`` ... addresses."""
+    m = re.match(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://", path)
+    return bool(m) and m.group(1).lower() in STREAM_SCHEMES
+
+
+def stream_options(path: str) -> List[str]:
+    """ffmpeg input options for ``path``: a read timeout for network streams (so a dead one fails), none for
+    files. RTSP has its own socket timeout option; the others use the generic I/O one (microseconds)."""
+    if not is_stream_url(path):
+        return []
+    micros = str(STREAM_TIMEOUT_S * 1_000_000)
+    return ["-timeout", micros] if path.lower().startswith("rtsp") else ["-rw_timeout", micros]
 
 
 def ffmpeg_exe() -> str:
@@ -95,10 +115,16 @@ def check_readable_file(path: str, what: str = "input") -> None:
 
 def _read_header(path: str) -> str:
     """ffmpeg's description of ``path`` (``ffmpeg -i``, no decoding); UserError naming the file if unreadable."""
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path],
-                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, timeout=120)
+    try:
+        proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", *stream_options(path), "-i", path],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, timeout=120)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"no answer from {path} within 120 s — check the address and that it is live") from None
     text = proc.stderr.decode("utf-8", "replace")
+    if is_stream_url(path) and ("Error opening input" in text or "Input #0" not in text):
+        raise UserError(f"cannot open the stream {path} ({last_error_line(text)}) — check the address and that "
+                        "the stream is live")
     if "Error opening input" in text or "Input #0" not in text:
         if "moov atom not found" in text:
             why = "its index is missing: the file is truncated (incomplete download/recording) or not a video"
@@ -149,7 +175,8 @@ def probe_audio_codecs(path: str) -> Tuple[str, ...]:
 
 def probe_video(path: str) -> VideoInfo:
     """Read a video's header with ``ffmpeg -i`` (no decoding). Raises UserError naming the file."""
-    check_readable_file(path, "input video")
+    if not is_stream_url(path):
+        check_readable_file(path, "input video")
     text = _read_header(path)
     video = _first_video_stream(text)
     if video is None:
@@ -165,7 +192,7 @@ def probe_video(path: str) -> VideoInfo:
     duration = (int(d.group(1)) * 3600 + int(d.group(2)) * 60 + float(d.group(3))) if d else None
     start = _START_RE.search(text)
     exact = exact_fps(video["fps"])
-    n_frames = int(round(duration * float(exact))) if duration and exact > 0 else None
+    n_frames = int(round(duration * float(exact))) if duration and exact > 0 and not is_stream_url(path) else None
     codecs = audio_codecs(text)
     return VideoInfo(path=path, width=width, height=height, fps=exact, n_frames=n_frames,
                      duration=duration, has_audio=bool(codecs), codec=video["codec"], stream=video["stream"],

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import threading
 from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
 from utils.errors import UserError
-from utils.media.ffmpeg import OWN_SESSION, StderrTail, ffmpeg_exe, last_error_line, probe_video, stop_process
+from utils.media.ffmpeg import (OWN_SESSION, StderrTail, ffmpeg_exe, is_stream_url, last_error_line, probe_video,
+                                stop_process, stream_options)
 
 class VideoReader:
     """Iterate the frames of a video file as RGB ``uint8 [H, W, 3]`` arrays, streaming from ffmpeg.
@@ -22,12 +24,19 @@ class VideoReader:
     (at construction), and while iterating for a video that yields no frames or that ends early
     with decoding errors (truncated or corrupt). ``warnings`` collects ffmpeg's error lines when
     the video decoded completely despite them (e.g. a few damaged packets).
+
+    ``path`` may also be a live stream (``rtsp://``, ``rtmp://``, ``http(s)://``, ``udp://`` ...): it has no end,
+    so ``max_frames``, ``max_seconds`` (of video) or ``stop()`` (e.g. on Ctrl-C) end it; the frames read until then
+    are all delivered. ``max_seconds`` applies to files as well.
     """
 
-    def __init__(self, path: str, max_frames: Optional[int] = None) -> None:
+    def __init__(self, path: str, max_frames: Optional[int] = None, max_seconds: Optional[float] = None) -> None:
         self.info = probe_video(path)
         self.path = path
+        self.is_stream = is_stream_url(path)
         self.max_frames = max_frames
+        self.max_seconds = max_seconds
+        self._stopped = threading.Event()
         self.frames_read = 0
         self.warnings: List[str] = []
         self._proc: Optional[subprocess.Popen] = None
@@ -60,10 +69,12 @@ class VideoReader:
     def _decode(self) -> Iterator[np.ndarray]:
         w, h = self.size
         nbytes = w * h * 3
-        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-i", self.path,
+        cmd = [ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", *stream_options(self.path), "-i", self.path,
                "-map", f"0:v:{self.info.stream}", "-an", "-sn", "-dn"]
         if self.max_frames is not None:
             cmd += ["-frames:v", str(int(self.max_frames))]
+        if self.max_seconds is not None:
+            cmd += ["-t", f"{self.max_seconds:.6f}"]
         cmd += ["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, bufsize=0, **OWN_SESSION)
@@ -79,7 +90,7 @@ class VideoReader:
                     if not n:
                         break
                     got += n
-                if got == 0:
+                if got == 0 or self._stopped.is_set():  # the end, or stop(): a partial frame is dropped
                     break
                 if got < nbytes:  # ffmpeg died mid-frame
                     proc.wait()
@@ -87,15 +98,28 @@ class VideoReader:
                 self.frames_read += 1
                 yield np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3)
             rc = proc.wait()
-            self._check_end(rc, log.text())
+            if not self._stopped.is_set():
+                self._check_end(rc, log.text())
         finally:
             stop_process(proc)  # kills it if we stop early (max_frames, failure); else just reaps it
             self._proc = None
+
+    def stop(self) -> None:
+        """End the frames now (from any thread; a live stream's Ctrl-C): decoding stops, iteration ends cleanly
+        after the frames already read."""
+        self._stopped.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
 
     def _check_end(self, rc: int, log: str) -> None:
         if self.frames_read == 0:
             raise UserError(f"no video frames could be decoded from {self.path} — the video has zero "
                             "frames or is corrupt; check the file")
+        if self.is_stream:  # a live stream ends when its sender stops: what came is what there is
+            if log.strip():
+                self.warnings.append(last_error_line(log))
+            return
         expected = self.info.n_frames
         if self.max_frames is not None and expected is not None:
             expected = min(expected, self.max_frames)
