@@ -13,7 +13,7 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm import tqdm
@@ -33,6 +33,25 @@ def _progress(total: Optional[int], desc: str, enabled: bool) -> Any:
                 file=sys.stderr)
 
 
+class _Annotator:
+    """Per frame: keep the detections asked for, draw them on the frame, count them, advance the progress bar."""
+
+    def __init__(self, class_names: Sequence[str], threshold: float, only: Optional[Sequence[int]], bar: Any) -> None:
+        self.class_names, self.threshold, self.only, self.bar = list(class_names), threshold, only, bar
+        self.counts: collections.Counter = collections.Counter()
+        self.index = 0  # of the frame being annotated; advanced by done()
+
+    def __call__(self, frame: np.ndarray, dets: Any) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+        boxes, scores, labels = select(dets, self.threshold, self.only)
+        draw_detections(frame, boxes, labels, scores, self.class_names)
+        self.counts.update(class_name(int(l), self.class_names) for l in labels)
+        return boxes, scores, labels
+
+    def done(self) -> None:
+        self.index += 1
+        self.bar.update(1)
+
+
 def detect_video(predictor: Any, source: Any, output: str, *, threshold: float = 0.6, batch_size: int = 8,
                  crf: int = DEFAULT_CRF, audio: bool = True, json_path: Optional[str] = None,
                  progress: bool = True, only: Optional[Sequence[int]] = None,
@@ -40,48 +59,40 @@ def detect_video(predictor: Any, source: Any, output: str, *, threshold: float =
     """Annotate every frame of ``source`` (a VideoReader or WebcamReader) into ``output``.
 
     Frames keep their order, size and the source's fps, one output frame per decoded frame; the source's audio
-    is added whole (trimmed only when ``max_frames`` stopped the source early) when ``audio`` and the source has
-    any. ``only``: model labels (1..C-1) to keep, None for all. ``show(frame)`` is called with every annotated
-    frame (a preview window), on the pipeline's writer thread. Nothing appears under ``output`` / ``json_path``
-    unless the whole run succeeds, except that a disk filling up while the sound is added leaves the silent video
-    (and the JSON) in place and raises ``SoundNotWritten``.
+    is added whole (trimmed only when ``max_frames`` / ``max_seconds`` ended the source early) when ``audio`` and
+    the source has any. ``only``: model labels (1..C-1) to keep, None for all. ``show(frame)`` is called with every
+    annotated frame (a preview window), on the pipeline's writer thread. Nothing appears under ``output`` /
+    ``json_path`` unless the whole run succeeds, except that a disk filling up while the sound is added leaves the
+    silent video (and the JSON) in place and raises ``SoundNotWritten``. A live source (stream, webcam) is ended
+    cleanly by Ctrl-C.
     """
     check_video_output(output)
-    class_names = list(predictor.class_names)
-    width, height = source.size
     is_file = isinstance(source, VideoReader)
     fps = source.info.fps if is_file else source.fps
-    total = source.info.n_frames if is_file else None
-    if total is not None and getattr(source, "max_frames", None):
-        total = min(total, source.max_frames)
     fps_f = float(fps) if fps > 0 else 25.0
     start_s = source.info.start if is_file else 0.0
-    counts: collections.Counter = collections.Counter()
-    index = [0]
     sound_error: Optional[SoundNotWritten] = None
     start = time.perf_counter()
     with contextlib.ExitStack() as stack:
         # entered first = committed last: the JSON only appears once the video is in place
         log = stack.enter_context(DetectionLog(json_path, {
-            "input": getattr(source, "path", None), "output": output, "fps": fps_f,
-            "width": width, "height": height, "threshold": threshold}, class_names)) if json_path else None
-        # a live stream can't be read twice: its sound would have to be recorded while decoding (not done)
-        audio_from = source.path if audio and is_file and source.info.has_audio and not source.is_stream else None
-        writer = stack.enter_context(VideoWriter(output, width, height, fps, crf=crf, audio_from=audio_from))
-        bar = stack.enter_context(_progress(total, os.path.basename(output), progress))
+            "input": getattr(source, "path", None), "output": output, "fps": fps_f, "width": source.size[0],
+            "height": source.size[1], "threshold": threshold}, predictor.class_names)) if json_path else None
+        writer = stack.enter_context(VideoWriter(output, *source.size, fps, crf=crf,
+                                                 audio_from=_sound_source(source, audio)))
+        annotate = _Annotator(predictor.class_names, threshold, only,
+                              stack.enter_context(_progress(_expected_frames(source), os.path.basename(output),
+                                                            progress)))
 
         def consume(frame: np.ndarray, dets: Any) -> None:
-            boxes, scores, labels = select(dets, threshold, only)
-            draw_detections(frame, boxes, labels, scores, class_names)
+            boxes, scores, labels = annotate(frame, dets)
             writer.write(frame)
             if show is not None:
                 show(frame)
             if log is not None:  # time: in the output; pts: when the frame is shown in the input
-                log.add(index[0], boxes, scores, labels, time=round(index[0] / fps_f, 4),
-                        pts=round(start_s + index[0] / fps_f, 4))
-            counts.update(class_name(int(l), class_names) for l in labels)
-            index[0] += 1
-            bar.update(1)
+                i = annotate.index
+                log.add(i, boxes, scores, labels, time=round(i / fps_f, 4), pts=round(start_s + i / fps_f, 4))
+            annotate.done()
 
         live = isinstance(source, WebcamReader) or (is_file and source.is_stream)
         frames = run_pipeline(source, predictor.predict, consume, batch_size=batch_size,
@@ -95,14 +106,35 @@ def detect_video(predictor: Any, source: Any, output: str, *, threshold: float =
     if sound_error is not None:
         kept = f"kept the video without sound and {json_path}" if json_path else "kept the video without sound"
         raise SoundNotWritten(sound_error.message.replace("kept the video without sound", kept)) from None
-    summary = Summary(frames=frames, seconds=time.perf_counter() - start, output=output, json_path=json_path,
-                      per_class=dict(counts), notes=list(writer.notes))
-    if is_file and source.is_stream and audio and source.info.has_audio:
-        summary.notes.append("the stream's sound is not recorded (only its frames)")
-    if is_file and source.warnings:
-        summary.notes.append(f"ffmpeg reported decoding errors in {source.path} ({source.warnings[-1]}); "
-                             "some frames may show artefacts")
-    return summary
+    return Summary(frames=frames, seconds=time.perf_counter() - start, output=output, json_path=json_path,
+                   per_class=dict(annotate.counts), notes=list(writer.notes) + _source_notes(source, audio))
+
+
+def _sound_source(source: Any, audio: bool) -> Optional[str]:
+    """The file whose sound goes into the output, if any. A live stream can't be read a second time: its sound
+    would have to be recorded while decoding, which is not done."""
+    if audio and isinstance(source, VideoReader) and source.info.has_audio and not source.is_stream:
+        return source.path
+    return None
+
+
+def _expected_frames(source: Any) -> Optional[int]:
+    total = source.info.n_frames if isinstance(source, VideoReader) else None
+    if total is not None and getattr(source, "max_frames", None):
+        total = min(total, source.max_frames)
+    return total
+
+
+def _source_notes(source: Any, audio: bool) -> List[str]:
+    if not isinstance(source, VideoReader):
+        return []
+    notes = []
+    if source.is_stream and audio and source.info.has_audio:
+        notes.append("the stream's sound is not recorded (only its frames)")
+    if source.warnings:
+        notes.append(f"ffmpeg reported decoding errors in {source.path} ({source.warnings[-1]}); "
+                     "some frames may show artefacts")
+    return notes
 
 
 def _cut_short(source: VideoReader, frames: int, fps: float) -> bool:
@@ -131,30 +163,25 @@ def detect_images(predictor: Any, inputs: Sequence[str], outputs: Sequence[str],
     """
     if len(inputs) != len(outputs) or not inputs:
         raise ValueError("inputs and outputs must be non-empty and of equal length")
-    class_names = list(predictor.class_names)
     out_dir = os.path.dirname(os.path.abspath(outputs[0]))
-    counts: collections.Counter = collections.Counter()
-    index = [0]
     start = time.perf_counter()
     staging = tempfile.mkdtemp(prefix=".detect.", dir=_nearest_existing_folder(out_dir))
     try:
         with contextlib.ExitStack() as stack:
             log = stack.enter_context(DetectionLog(json_path, {"input": os.path.dirname(inputs[0]) or ".",
                                                                "output": out_dir, "threshold": threshold},
-                                                   class_names)) if json_path else None
-            bar = stack.enter_context(_progress(len(inputs), "images", progress))
+                                                   predictor.class_names)) if json_path else None
+            annotate = _Annotator(predictor.class_names, threshold, only,
+                                  stack.enter_context(_progress(len(inputs), "images", progress)))
 
             def consume(image: np.ndarray, dets: Any) -> None:
-                i = index[0]
-                boxes, scores, labels = select(dets, threshold, only)
-                draw_detections(image, boxes, labels, scores, class_names)
+                i = annotate.index
+                boxes, scores, labels = annotate(image, dets)
                 write_image(os.path.join(staging, f"{i:08d}{os.path.splitext(outputs[i])[1]}"), image)
                 if log is not None:
                     log.add(i, boxes, scores, labels, file=os.path.basename(inputs[i]),
                             width=int(image.shape[1]), height=int(image.shape[0]))
-                counts.update(class_name(int(l), class_names) for l in labels)
-                index[0] += 1
-                bar.update(1)
+                annotate.done()
 
             frames = run_pipeline(iter_images(inputs), predictor.predict, consume, batch_size=batch_size)
             os.makedirs(out_dir, exist_ok=True)
@@ -164,4 +191,4 @@ def detect_images(predictor: Any, inputs: Sequence[str], outputs: Sequence[str],
         shutil.rmtree(staging, ignore_errors=True)
     shown = outputs[0] if len(outputs) == 1 else out_dir
     return Summary(frames=frames, seconds=time.perf_counter() - start, output=shown, json_path=json_path,
-                   per_class=dict(counts))
+                   per_class=dict(annotate.counts))

@@ -45,95 +45,114 @@ def run_pipeline(frames: Iterable[T], infer: Callable[[List[T]], Sequence[R]],
     """
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
-    stop = threading.Event()
-    q_in: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
-    q_out: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
-    consumer_error: List[BaseException] = []
-    count = [0]
+    return _Pipeline(frames, infer, consume, batch_size, depth).run(stop_on_interrupt)
 
-    def read() -> None:
-        batch: List[T] = []
-        it = iter(frames)
+
+class _Pipeline:
+    """The state shared by the three stages of one :func:`run_pipeline` call."""
+
+    def __init__(self, frames: Iterable[Any], infer: Callable[[List[Any]], Sequence[Any]],
+                 consume: Callable[[Any, Any], None], batch_size: int, depth: int) -> None:
+        self.frames, self.infer, self.consume, self.batch_size = frames, infer, consume, batch_size
+        self.stop = threading.Event()
+        self.q_in: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        self.q_out: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
+        self.consumer_error: List[BaseException] = []
+        self.count = 0
+
+    def read(self) -> None:
+        """Reader thread: iterate the source, hand over batches; then _END, or the source's exception."""
+        batch: List[Any] = []
+        it = iter(self.frames)
         try:
             for frame in it:
-                if stop.is_set():
+                if self.stop.is_set():
                     return
                 batch.append(frame)
-                if len(batch) == batch_size:
-                    if not _put(q_in, batch, stop):
+                if len(batch) == self.batch_size:
+                    if not _put(self.q_in, batch, self.stop):
                         return
                     batch = []
             if batch:
-                _put(q_in, batch, stop)
-            _put(q_in, _END, stop)
+                _put(self.q_in, batch, self.stop)
+            _put(self.q_in, _END, self.stop)
         except BaseException as exc:  # handed to the main thread
-            _put(q_in, _Failure(exc), stop)
+            _put(self.q_in, _Failure(exc), self.stop)
         finally:
             close = getattr(it, "close", None)
             if close is not None:
                 with contextlib.suppress(Exception):
                     close()
 
-    def write() -> None:
+    def write(self) -> None:
+        """Writer thread: consume (frame, result) pairs in order until _END; a failure stops the others."""
         try:
             while True:
-                item = q_out.get()
+                item = self.q_out.get()
                 if item is _END:
                     return
                 batch, results = item
                 for frame, result in zip(batch, results):
-                    consume(frame, result)
-                    count[0] += 1
+                    self.consume(frame, result)
+                    self.count += 1
         except BaseException as exc:
-            consumer_error.append(exc)
-            stop.set()
+            self.consumer_error.append(exc)
+            self.stop.set()
 
-    reader = threading.Thread(target=read, name="video-decode", daemon=True)
-    writer = threading.Thread(target=write, name="video-encode", daemon=True)
-    reader.start()
-    writer.start()
-    try:
+    def infer_all(self, stop_on_interrupt: Optional[Callable[[], None]]) -> None:
+        """Calling thread: infer each batch as it arrives; Ctrl-C stops the source when it may be stopped."""
         while True:
             try:
                 try:
-                    item = q_in.get(timeout=0.1)
+                    item = self.q_in.get(timeout=0.1)
                 except queue.Empty:
-                    if stop.is_set():  # the writer failed
-                        break
+                    if self.stop.is_set():  # the writer failed
+                        return
                     continue
                 if item is _END:
-                    break
+                    return
                 if isinstance(item, _Failure):
                     raise item.exc
-                results = infer(item)
+                results = self.infer(item)
                 if len(results) != len(item):
                     raise RuntimeError(f"infer returned {len(results)} results for {len(item)} frames")
-                if not _put(q_out, (item, results), stop):
-                    break
+                if not _put(self.q_out, (item, results), self.stop):
+                    return
             except KeyboardInterrupt:
                 if stop_on_interrupt is None:
                     raise
                 stop_on_interrupt()  # the source ends; frames already read are still written
                 stop_on_interrupt = None  # a second Ctrl-C aborts
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        # let the writer drain what it has (normal end) or stop at once (failure)
+
+    def run(self, stop_on_interrupt: Optional[Callable[[], None]]) -> int:
+        reader = threading.Thread(target=self.read, name="video-decode", daemon=True)
+        writer = threading.Thread(target=self.write, name="video-encode", daemon=True)
+        reader.start()
+        writer.start()
+        try:
+            self.infer_all(stop_on_interrupt)
+        except BaseException:
+            self.stop.set()
+            raise
+        finally:
+            self._finish(reader, writer)
+        if self.consumer_error:
+            raise self.consumer_error[0]
+        return self.count
+
+    def _finish(self, reader: threading.Thread, writer: threading.Thread) -> None:
+        """Let the writer drain what it has (normal end) or stop at once (failure); unblock and join the reader."""
         while writer.is_alive():
             try:
-                q_out.put(_END, timeout=0.1)
+                self.q_out.put(_END, timeout=0.1)
                 break
             except queue.Full:
-                if stop.is_set():
+                if self.stop.is_set():
                     with contextlib.suppress(queue.Empty):
-                        q_out.get_nowait()
+                        self.q_out.get_nowait()
         writer.join()
-        stop.set()
+        self.stop.set()
         with contextlib.suppress(queue.Empty):  # unblock a reader waiting on a full queue
             while True:
-                q_in.get_nowait()
+                self.q_in.get_nowait()
         reader.join(timeout=10)
-    if consumer_error:
-        raise consumer_error[0]
-    return count[0]
