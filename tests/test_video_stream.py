@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.test_video_sound import NoDetections, count_frames
+from tests.video_helpers import NoDetections, count_frames
 from utils.errors import UserError
 from utils.media.detect import detect_video
 from utils.media.ffmpeg import ffmpeg_exe, is_stream_url
