@@ -19,8 +19,17 @@ import os
 import sys
 from typing import Any, Dict, List, Optional, Sequence
 
-from utils.cli import Parser, add_inference_flags, check_writable_folder, str2bool
+from data import build_dataset
+from data.common import check_dir
+from utils.cli import (Parser, add_inference_flags, batch_size, check_writable_folder, non_negative_int, positive_int,
+                       score_threshold, str2bool)
+from utils.device import resolve_device
 from utils.errors import UserError, run_cli
+from utils.inference import open_predictor
+from utils.io import atomic_write
+from utils.metrics.coco import load_coco_gt
+from utils.metrics.evaluation import coco_json_path, evaluate_model, json_summary, plot_pr_curves, score_results
+from utils.metrics.voc import format_ap_table
 
 DEFAULT_MODEL = "weights/ssd300_mAP_77.43_v2.pth"
 DEFAULT_ROOTS = {"voc": "~/data/VOCdevkit", "coco": "~/data/coco"}
@@ -31,17 +40,15 @@ def _dataset_name(s: str) -> str:
     """Case-insensitive --dataset: voc -> VOC, coco -> COCO, Custom -> custom."""
     return {"voc": "VOC", "coco": "COCO", "custom": "custom"}.get(s.strip().lower(), s)
 
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = Parser("eval.py", description="Evaluate an SSD on VOC / COCO / a custom dataset, or score saved results files.",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--trained_model", default=DEFAULT_MODEL,
                    help="checkpoint: an ssd.pytorch .pth or one of this repo's training checkpoints")
     p.add_argument("--save_folder", default="eval/", help="where the results files are written")
-    p.add_argument("--confidence_threshold", type=float, default=0.01,
+    p.add_argument("--confidence_threshold", type=score_threshold, default=0.01,
                    help="per-class score threshold before NMS")
-    p.add_argument("--top_k", type=int, default=200, help="detections kept per class and image after NMS")
+    p.add_argument("--top_k", type=positive_int, default=200, help="detections kept per class and image after NMS")
     p.add_argument("--cuda", type=str2bool, default=None,
                    help="legacy: false forces the CPU when --device is auto")
     p.add_argument("--voc_root", default=None, help="VOCdevkit folder (legacy name of --dataset_root for VOC)")
@@ -57,8 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "minival2014)")
     p.add_argument("--size", type=int, choices=(200, 300, 512), default=None,
                    help="input size (default: the checkpoint's)")
-    p.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
-    p.add_argument("--num_workers", type=int, default=2, help="image loading processes")
+    p.add_argument("--batch_size", type=batch_size, default=8, help="images per forward pass")
+    p.add_argument("--num_workers", type=non_negative_int, default=2, help="image loading processes")
     add_inference_flags(p)
     p.add_argument("--metric", choices=("voc07", "area"), default="voc07",
                    help="VOC AP: voc07 = 11-point (VOC2007 test), area = area under the PR curve (VOC2010+)")
@@ -69,26 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write a JSON summary")
     p.add_argument("--plot", default=None, metavar="DIR",
                    help="write per-class precision-recall curves as PNG (needs matplotlib)")
-    p.add_argument("--max_images", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--max_images", type=positive_int, default=None, help="evaluate only the first N images")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
 
 def check_args(args: argparse.Namespace) -> None:
-    """Cheap checks of flag values, before anything is loaded."""
-    if args.batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {args.batch_size}", code=2)
-    if args.num_workers < 0:
-        raise UserError(f"--num_workers must be 0 or more, got {args.num_workers}", code=2)
-    if args.top_k < 1:
-        raise UserError(f"--top_k must be at least 1, got {args.top_k}", code=2)
-    if not 0.0 <= args.confidence_threshold < 1.0:
-        raise UserError(f"--confidence_threshold must be in [0, 1), got {args.confidence_threshold}", code=2)
-    if args.max_images is not None and args.max_images < 1:
-        raise UserError(f"--max_images must be at least 1, got {args.max_images}", code=2)
+    """Checks across flags, before anything is loaded (single values are checked by the parser's validators)."""
     if args.plot:
         try:
-            import matplotlib  # noqa: F401
+            import matplotlib  # noqa: F401  (optional, heavy: only probed when --plot is given)
         except ImportError:
             raise UserError("--plot needs matplotlib — pip install matplotlib (or drop --plot)", code=2) from None
         if args.dataset == "COCO":
@@ -109,26 +106,27 @@ def _check_output_folder(folder: str, flag: str = "--save_folder") -> None:
     check_writable_folder(folder, flag)
 
 
+def _check_root(args: argparse.Namespace, root: str) -> None:
+    hint = ("pass --dataset_root pointing at the COCO folder" if args.dataset == "COCO" else
+            "pass --dataset_root (or --voc_root) pointing at the dataset")
+    check_dir(root, "dataset root", hint)
+
+
 def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, Any]:
     """Detect on the dataset with the checkpoint and score (results files in --save_folder)."""
-    from data import build_dataset
-    from data.common import check_dir
-    from utils.device import resolve_device
-    from utils.metrics.evaluation import coco_json_path, evaluate_model
-    from utils.inference.predictor import Predictor
-
     device = resolve_device(args.device, args.cuda)
-    check_dir(root, "dataset root", "pass --dataset_root (or --voc_root) pointing at the dataset")
+    _check_root(args, root)
     _check_output_folder(args.save_folder)
     if args.json_path:  # before the (long) evaluation, not after it
         _check_output_folder(os.path.dirname(os.path.abspath(args.json_path)), "--json folder")
-    predictor = Predictor.load(args.trained_model, args.backend, device=device, amp=args.amp, compile=args.compile, size=args.size,
-                               top_k=args.top_k, conf_thresh=args.confidence_threshold)
+    predictor = open_predictor(args.trained_model, args.backend, device=device, amp=args.amp, compile=args.compile,
+                               size=args.size, top_k=args.top_k, conf_thresh=args.confidence_threshold)
     # keep_difficult: the devkit scores difficult objects as "ignore", so they must be loaded
     dataset = build_dataset(args.dataset, root, set_name, transform=None, keep_difficult=True, year=args.year)
+    if len(dataset) == 0:
+        raise UserError("the evaluation set has no images — check --set / the split file")
     coco_gt = None
     if args.coco and args.dataset != "COCO":
-        from utils.metrics.coco import load_coco_gt
         coco_gt = load_coco_gt(coco_json_path(root, set_name))
     print(f"evaluating {args.trained_model} on {args.dataset} {set_name} ({len(dataset)} images, "
           f"SSD{predictor.size}, {device}, batch {args.batch_size})", file=sys.stderr)
@@ -137,9 +135,24 @@ def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, A
                           max_images=args.max_images)
 
 
-def report(result: Dict[str, Any]) -> str:
-    from utils.metrics.voc import format_ap_table
+def score_results_dir(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, Any]:
+    """Score the results files in --results_dir (no model)."""
+    if not os.path.isdir(args.results_dir):
+        raise UserError(f"results folder not found: {args.results_dir} — pass the folder eval.py wrote its "
+                        "comp4_det_<set>_<class>.txt files to")
+    _check_root(args, root)
+    # the library's checks, worded for the flags
+    if args.dataset == "VOC" and not os.path.isdir(os.path.join(root, "Annotations")):
+        check_dir(os.path.join(root, f"VOC{args.year}"), f"VOC{args.year} folder",
+                  f"the VOCdevkit root {root} needs a VOC{args.year}/ folder (or choose another --year)")
+    coco_results = os.path.join(args.results_dir, f"coco_results_{set_name}.json")
+    if (args.dataset == "COCO" or args.coco) and not os.path.isfile(coco_results):
+        raise UserError(f"COCO results file missing: {coco_results} — run eval.py with a model to write it, or "
+                        "point --results_dir at the folder holding it")
+    return score_results(args.results_dir, args.dataset, root, set_name, args.year, args.metric, args.coco)
 
+
+def report(result: Dict[str, Any]) -> str:
     lines = [format_ap_table(result)]
     coco = result.get("coco")
     if coco:
@@ -154,12 +167,10 @@ def report(result: Dict[str, Any]) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     check_args(args)
-    from utils.metrics.evaluation import json_summary, plot_pr_curves, score_results
-
     root = dataset_root(args)
     set_name = args.set_name or DEFAULT_SETS[args.dataset.lower()]
     if args.results_dir:
-        result = score_results(args.results_dir, args.dataset, root, set_name, args.year, args.metric, args.coco)
+        result = score_results_dir(args, root, set_name)
     else:
         result = run_model(args, root, set_name)
     print(report(result))
@@ -177,7 +188,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     elif written:
         print(f"results files: {os.path.dirname(written[0]) or '.'}", file=sys.stderr)
     if args.json_path:
-        from utils.io import atomic_write
         summary = json_summary(result, dataset=args.dataset, set=set_name,
                                model=None if args.results_dir else args.trained_model,
                                results_dir=args.results_dir)

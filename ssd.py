@@ -223,10 +223,26 @@ class SSD(nn.Module):
             confs.append(conf_head(src).permute(0, 2, 3, 1).reshape(batch, -1, self.num_classes))
         return torch.cat(locs, dim=1), torch.cat(confs, dim=1)
 
+    def detect_inputs(self, loc: torch.Tensor,
+                      conf: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward_raw`'s outputs → what :class:`~layers.detection.Detect` takes: ``loc [B, P, 4]`` as is,
+        ``scores [B, P, C]`` float32 softmax probabilities (float32 also under autocast, so that thresholds and
+        ties do not depend on the precision the network ran in) and ``priors [P, 4]`` center-size relative.
+
+        The one place the class scores are made: :meth:`postprocess`, the exported graphs and the benchmarks use it.
+        """
+        return loc, F.softmax(conf.float(), dim=-1), self.priors
+
+    def postprocess(self, loc: torch.Tensor, conf: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_raw`'s outputs → detections ``[B, C, top_k, 5]`` (softmax + Detect; see
+        :class:`layers.detection.Detect` for the layout). The test-phase forward is ``postprocess(*forward_raw(x))``;
+        the compiled predictor runs it after its compiled network."""
+        return self.detect(*self.detect_inputs(loc, conf))
+
     def forward(self, x: torch.Tensor):
         loc, conf = self.forward_raw(x)
         if self.phase == "test":
-            return self.detect(loc, F.softmax(conf.float(), dim=-1), self.priors)
+            return self.postprocess(loc, conf)
         return loc, conf, self.priors
 
     def load_weights(self, path: str) -> None:

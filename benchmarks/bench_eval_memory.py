@@ -27,20 +27,20 @@ import tempfile
 import time
 from typing import Any, Dict, List
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from data.custom import read_labels  # noqa: E402
+from data.synthetic import generate_dataset  # noqa: E402
+from utils.loading.checkpoint import save_checkpoint  # noqa: E402
+from utils.loading.config import ModelConfig  # noqa: E402
+
 
 def prepare(work: str, num: int, width: float, seed: int) -> Dict[str, Any]:
     """The dataset (reused when already there) and the tiny checkpoint."""
-    import torch
-
-    from data.custom import read_labels
-    from data.synthetic import generate_dataset
-    from ssd import build_ssd
-    from utils.loading.checkpoint import model_config, save_checkpoint
-
     root = os.path.join(work, f"synthetic_{num}")
     if not os.path.isfile(os.path.join(root, "synthetic.json")):
         t0 = time.perf_counter()
@@ -49,10 +49,10 @@ def prepare(work: str, num: int, width: float, seed: int) -> Dict[str, Any]:
     ids = sorted(os.path.splitext(n)[0] for n in os.listdir(os.path.join(root, "Annotations")))
     names = read_labels(root)
     torch.manual_seed(seed)
-    model = build_ssd("train", 300, len(names) + 1, width=width)
+    config = ModelConfig(300, len(names) + 1, width)
     ckpt = os.path.join(work, f"tiny_w{width:g}.pth")
-    save_checkpoint({"model": model.state_dict(), "class_names": names, "config": model_config(model)},
-                    ckpt)
+    save_checkpoint({"model": config.build("train").state_dict(), "class_names": names,
+                     "config": config.to_dict()}, ckpt)
     return {"root": root, "ids": ids, "checkpoint": ckpt}
 
 

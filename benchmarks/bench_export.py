@@ -25,10 +25,14 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.benchmark import make_frames, timeit  # noqa: E402
+from benchmarks.timing import make_frames, timeit  # noqa: E402
 from ssd import build_ssd  # noqa: E402
+from utils.deploy.export import export_onnx  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
-from utils.inference.predictor import Predictor  # noqa: E402
+from utils.inference import Predictor  # noqa: E402
+from utils.inference.opener import exported_predictor  # noqa: E402
+from utils.inference.runners import OnnxRunner  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -45,10 +49,7 @@ def run_benchmark(batches: Sequence[int] = (1, 8), reps: int = 3, warmup: int = 
                   threads: Optional[int] = None) -> Dict[str, Any]:
     """Images/s of each engine at each batch size (median of ``reps`` after ``warmup``). Needs onnx + onnxruntime
     (ImportError otherwise, so benchmarks/benchmark.py can skip the section)."""
-    import onnxruntime as ort
-
-    from utils.deploy.export import export_onnx
-    from utils.deploy.runners import predictor_from_onnx
+    import onnxruntime as ort  # optional: ImportError skips the section in benchmarks/benchmark.py
 
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -75,8 +76,8 @@ def run_benchmark(batches: Sequence[int] = (1, 8), reps: int = 3, warmup: int = 
         export_onnx(model, nms_path, names, with_nms=True)
         engines = {
             "pytorch": Predictor(model, names, size, CPU),
-            "onnxruntime-raw": predictor_from_onnx(raw_path, sess_options=options),
-            "onnxruntime-nms": predictor_from_onnx(nms_path, sess_options=options),
+            "onnxruntime-raw": exported_predictor(OnnxRunner(raw_path, sess_options=options)),
+            "onnxruntime-nms": exported_predictor(OnnxRunner(nms_path, sess_options=options)),
         }
         for batch in batches:
             images = frames[:batch]
@@ -118,7 +119,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            threads=args.threads)
     print_table(result, batches)
     if args.json:
-        from utils.io import atomic_write
         with atomic_write(args.json) as tmp:
             with open(tmp, "w") as fh:
                 json.dump(result, fh, indent=2)

@@ -36,6 +36,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from layers.matching import match_targets  # noqa: E402  (project imports after the path set-up)
+from layers.multibox_loss import MultiBoxLoss  # noqa: E402
+from ssd import build_ssd  # noqa: E402
+from utils.device import amp_dtype, autocast, resolve_device  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
+from utils.training.loss import multibox_loss_sums  # noqa: E402
+from utils.training.optim import freeze_vgg  # noqa: E402
+
 CONFIGS = ("baseline", "fp32", "fp32-cl", "fp32-cl-frozen", "amp", "amp-cl", "amp-cl-frozen")
 
 
@@ -136,13 +144,9 @@ def random_targets(batch: int, num_classes: int, seed: int = 0) -> List[torch.Te
 
 
 def make_step(config: str, model, optimizer, criterion, images, targets, device) -> Callable[[], float]:
-    from utils.device import autocast
-    from utils.training import multibox_loss_sums
-
     channels_last = "-cl" in config
     amp = config.startswith("amp")
     if config.endswith("-frozen"):
-        from utils.training import freeze_vgg
         freeze_vgg(model, "conv2")
     if channels_last:
         model.to(memory_format=torch.channels_last)
@@ -175,7 +179,6 @@ def make_step(config: str, model, optimizer, criterion, images, targets, device)
 
 def check_baseline_matches(model, targets: List[torch.Tensor]) -> None:
     """The Python-loop matcher and the batched one assign the same labels and offsets."""
-    from layers.matching import match_targets
     priors = model.priors.float()
     loc_t = torch.zeros(len(targets), priors.shape[0], 4)
     conf_t = torch.zeros(len(targets), priors.shape[0], dtype=torch.long)
@@ -187,9 +190,6 @@ def check_baseline_matches(model, targets: List[torch.Tensor]) -> None:
 
 
 def time_config(config: str, args, device) -> Dict[str, float]:
-    from layers.multibox_loss import MultiBoxLoss
-    from ssd import build_ssd
-
     torch.manual_seed(0)
     model = build_ssd("train", args.size, args.num_classes, width=args.width, batch_norm=args.batch_norm,
                       stem=args.stem).to(device)
@@ -236,11 +236,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--json", default=None, help="also write the results here")
     args = p.parse_args(argv)
 
-    from utils.device import amp_dtype, resolve_device
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    from ssd import build_ssd
     check_baseline_matches(build_ssd("train", args.size, args.num_classes), random_targets(args.batch_size,
                                                                                            args.num_classes))
     print(f"SSD{args.size} width {args.width:g}{' +BN' if args.batch_norm else ''} stem {args.stem}, "
@@ -261,7 +259,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("speed-up vs ssd.pytorch's step: " + ", ".join(
             f"{c} {r['speedup_vs_baseline']:.2f}x" for c, r in results.items() if c != "baseline"))
     if args.json:
-        from utils.io import atomic_write
         with atomic_write(args.json, suffix=".json") as tmp:
             with open(tmp, "w") as fh:
                 json.dump({"args": vars(args), "device": str(device), "torch": torch.__version__,

@@ -11,41 +11,25 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
-import time
-from typing import Any, Callable, Dict, List, Optional
+import tempfile
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.bench_export import run_benchmark as run_onnx  # noqa: E402
+from benchmarks.bench_train import check_baseline_matches, random_targets, time_config  # noqa: E402
+from benchmarks.timing import make_frames, timeit  # noqa: E402,F401  (re-exported for older callers)
 from ssd import build_ssd  # noqa: E402
-from utils.device import amp_dtype, autocast, resolve_device  # noqa: E402
+from utils.device import amp_dtype, resolve_device  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
-from utils.inference.predictor import Predictor  # noqa: E402
+from utils.inference import Predictor, open_predictor  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
 
 SSD300_GFLOP = 62.75  # per 300x300 image (multiply-add = 2 FLOP)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timeit(fn: Callable[[], Any], device: torch.device, reps: int, warmup: int = 1) -> float:
-    """Median seconds of ``reps`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def conv_ceiling(device: torch.device, dtype: torch.dtype, reps: int, batch: int) -> Dict[str, float]:
@@ -64,41 +48,23 @@ def conv_ceiling(device: torch.device, dtype: torch.dtype, reps: int, batch: int
     return {"best_gflops": best, "per_shape": per}
 
 
-def make_frames(n: int, seed: int = 0) -> List[np.ndarray]:
-    """VOC-sized uint8 RGB frames (500x375) with some structure."""
-    rng = np.random.default_rng(seed)
-    frames = []
-    for _ in range(n):
-        base = rng.integers(0, 255, size=(375 // 25 + 1, 500 // 25 + 1, 3), dtype=np.uint8)
-        import cv2
-        frames.append(cv2.resize(base, (500, 375), interpolation=cv2.INTER_CUBIC))
-    return frames
-
-
 def bench_ours(device: torch.device, frames: List[np.ndarray], batch: int, amp: bool, reps: int,
                weights: Optional[str], compile: bool = False) -> Dict[str, float]:
     if weights:
-        pred = Predictor.from_checkpoint(weights, device=device, amp=amp, compile=compile)
+        pred = open_predictor(weights, device=device, amp=amp, compile=compile)
     else:
         torch.manual_seed(0)
         model = build_ssd("test", 300, 21)
         pred = Predictor(model, [f"c{i}" for i in range(20)], 300, device, amp, compile=compile)
     net = pred.model
-    raw = pred._raw if compile else net.forward_raw
     imgs = frames[:batch]
     x = pred.preprocess(imgs).to(device)
     if pred.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-
-    def forward():
-        with torch.inference_mode(), autocast(device, amp):
-            return raw(x)
-
-    t_fwd = timeit(forward, device, reps)
-    with torch.inference_mode(), autocast(device, amp):
-        loc, conf = raw(x)
-        probs = torch.softmax(conf.float(), -1)
-    t_det = timeit(lambda: net.detect(loc, probs, net.priors), device, reps)
+    # the network alone (compiled with --compile), then Detect alone on its outputs: the public halves of run()
+    t_fwd = timeit(lambda: pred.forward_raw(x), device, reps)
+    inputs = net.detect_inputs(*pred.forward_raw(x))
+    t_det = timeit(lambda: net.detect(*inputs), device, reps)
     t_e2e = timeit(lambda: pred.predict(imgs), device, reps)
     return {"forward_img_s": batch / t_fwd, "e2e_img_s": batch / t_e2e, "detect_ms": t_det * 1e3,
             "detect_share_of_forward": t_det / t_fwd, "forward_gflops": SSD300_GFLOP * batch / t_fwd}
@@ -123,14 +89,12 @@ def bench_torchvision(device: torch.device, frames: List[np.ndarray], batch: int
 def bench_video(device: torch.device, weights: Optional[str], reps: int, frames: int = 96,
                 width: int = 480, height: int = 360) -> Dict[str, Any]:
     """object_detection.py's streaming path (decode → batch → predict → draw → encode) vs predict() alone."""
-    import tempfile
-
     import object_detection as od
     from data.synthetic import generate_video
     from utils.media.video_reader import VideoReader
 
     if weights:
-        pred = Predictor.from_checkpoint(weights, device=device, conf_thresh=0.5)
+        pred = open_predictor(weights, device=device, conf_thresh=0.5)
     else:
         torch.manual_seed(0)
         pred = Predictor(build_ssd("test", 300, 21), [f"c{i}" for i in range(20)], 300, device)
@@ -160,7 +124,61 @@ def optional_section(name: str, fn: Callable[[], Dict[str, Any]]) -> Dict[str, A
         return {"skipped": f"{name}: {exc}"}
 
 
-def main(argv=None) -> int:
+def bench_train_step(device: torch.device, reps: int) -> Dict[str, Any]:
+    """Training step (batch 8) of benchmarks.bench_train's configurations; speed-ups vs its baseline on CPU."""
+    targs = argparse.Namespace(size=300, num_classes=21, width=1.0, batch_norm=False, batch_size=8,
+                               warmup=1, iters=max(2, reps // 2))
+    check_baseline_matches(build_ssd("train", 300, 21), random_targets(8, 21))
+    configs = ["baseline", "fp32-cl", "fp32-cl-frozen", "amp-cl"] if device.type == "cpu" else ["fp32-cl", "amp-cl"]
+    out = {c: time_config(c, targs, device) for c in configs}
+    if "baseline" in out:
+        for c in configs:
+            out[c]["speedup_vs_baseline"] = out[c]["images_per_s"] / out["baseline"]["images_per_s"]
+    return out
+
+
+Row = Tuple[str, Dict[str, float]]
+
+
+def bench_inference(device: torch.device, frames: List[np.ndarray], batches: List[int], sections: Set[str],
+                    reps: int, weights: Optional[str], compile: bool, result: Dict[str, Any]) -> List[Row]:
+    """torchvision and our configurations (fp32, fast, fast + compile) per batch size, into ``result``;
+    returns ``(key, numbers)`` of ours, in order, for the table."""
+    rows = []
+    for b in batches:
+        tv = bench_torchvision(device, frames, b, reps) if "torchvision" in sections else None
+        if tv:
+            result[f"torchvision_fp32_b{b}"] = tv
+        for amp, comp in ((False, False), (True, False), (True, True)):
+            if "ours" not in sections or (comp and not compile):
+                continue
+            r = bench_ours(device, frames, b, amp, reps, weights, comp)
+            key = f"ours_{'fast' if amp else 'fp32'}{'+compile' if comp else ''}_b{b}"
+            if tv:
+                r["e2e_vs_torchvision_fp32"] = r["e2e_img_s"] / tv["e2e_img_s"]
+            ceiling = result.get("conv_ceiling_fast" if amp else "conv_ceiling_fp32", {}).get("best_gflops")
+            if ceiling:
+                r["forward_fraction_of_conv_ceiling"] = r["forward_gflops"] / ceiling
+                r["e2e_fraction_of_conv_ceiling"] = r["e2e_img_s"] * SSD300_GFLOP / ceiling
+            result[key] = r
+            rows.append((key, r))
+    return rows
+
+
+def print_inference_table(result: Dict[str, Any], rows: List[Row], batches: List[int]) -> None:
+    print(f"\n{'config':<22}{'fwd img/s':>10}{'e2e img/s':>10}{'GFLOP/s':>9}{'vs tv':>7}{'ceil':>6}"
+          f"{'Detect ms':>10}{'Det/fwd':>8}")
+    for b in batches:
+        if f"torchvision_fp32_b{b}" in result:
+            print(f"{'torchvision b' + str(b):<22}{'':>10}{result[f'torchvision_fp32_b{b}']['e2e_img_s']:>10.2f}")
+    for key, r in rows:
+        print(f"{key:<22}{r['forward_img_s']:>10.2f}{r['e2e_img_s']:>10.2f}{r['forward_gflops']:>9.0f}"
+              f"{r.get('e2e_vs_torchvision_fp32', float('nan')):>7.2f}"
+              f"{r.get('e2e_fraction_of_conv_ceiling', float('nan')):>6.2f}"
+              f"{r['detect_ms']:>10.1f}{100 * r['detect_share_of_forward']:>7.1f}%")
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes")
@@ -171,7 +189,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default=None, help="write all numbers here")
     parser.add_argument("--compile", action="store_true",
                         help="also measure the fast mode with torch.compile (--compile on the CLIs)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     device = resolve_device(args.device)
     reps = 3 if args.quick else args.reps
     batches = [int(b) for b in args.batches.split(",")]
@@ -193,48 +215,10 @@ def main(argv=None) -> int:
         result["conv_ceiling_fast"] = conv_ceiling(device, fast_dtype, reps, max(batches))
         print(f"conv ceiling: fp32 {result['conv_ceiling_fp32']['best_gflops']:.0f} GFLOP/s, "
               f"{fast_dtype} {result['conv_ceiling_fast']['best_gflops']:.0f} GFLOP/s")
-    rows = []
-    for b in batches:
-        tv = bench_torchvision(device, frames, b, reps) if "torchvision" in sections else None
-        if tv:
-            result[f"torchvision_fp32_b{b}"] = tv
-        for amp, comp in ((False, False), (True, False), (True, True)):
-            if "ours" not in sections or (comp and not args.compile):
-                continue
-            r = bench_ours(device, frames, b, amp, reps, args.weights, comp)
-            key = f"ours_{'fast' if amp else 'fp32'}{'+compile' if comp else ''}_b{b}"
-            if tv:
-                r["e2e_vs_torchvision_fp32"] = r["e2e_img_s"] / tv["e2e_img_s"]
-            ceiling = result.get("conv_ceiling_fast" if amp else "conv_ceiling_fp32", {}).get("best_gflops")
-            if ceiling:
-                r["forward_fraction_of_conv_ceiling"] = r["forward_gflops"] / ceiling
-                r["e2e_fraction_of_conv_ceiling"] = r["e2e_img_s"] * SSD300_GFLOP / ceiling
-            result[key] = r
-            rows.append((key, r))
-    print(f"\n{'config':<22}{'fwd img/s':>10}{'e2e img/s':>10}{'GFLOP/s':>9}{'vs tv':>7}{'ceil':>6}"
-          f"{'Detect ms':>10}{'Det/fwd':>8}")
-    for b in batches:
-        if f"torchvision_fp32_b{b}" in result:
-            print(f"{'torchvision b' + str(b):<22}{'':>10}{result[f'torchvision_fp32_b{b}']['e2e_img_s']:>10.2f}")
-    for key, r in rows:
-        print(f"{key:<22}{r['forward_img_s']:>10.2f}{r['e2e_img_s']:>10.2f}{r['forward_gflops']:>9.0f}"
-              f"{r.get('e2e_vs_torchvision_fp32', float('nan')):>7.2f}"
-              f"{r.get('e2e_fraction_of_conv_ceiling', float('nan')):>6.2f}"
-              f"{r['detect_ms']:>10.1f}{100 * r['detect_share_of_forward']:>7.1f}%")
+    rows = bench_inference(device, frames, batches, sections, reps, args.weights, args.compile, result)
+    print_inference_table(result, rows, batches)
     if "train" in sections:
-        def train_section():
-            from benchmarks.bench_train import check_baseline_matches, random_targets, time_config
-            targs = argparse.Namespace(size=300, num_classes=21, width=1.0, batch_norm=False, batch_size=8,
-                                       warmup=1, iters=max(2, reps // 2))
-            check_baseline_matches(build_ssd("train", 300, 21), random_targets(8, 21))
-            configs = ["baseline", "fp32-cl", "fp32-cl-frozen", "amp-cl"] if device.type == "cpu" \
-                else ["fp32-cl", "amp-cl"]
-            out = {c: time_config(c, targs, device) for c in configs}
-            if "baseline" in out:
-                for c in configs:
-                    out[c]["speedup_vs_baseline"] = out[c]["images_per_s"] / out["baseline"]["images_per_s"]
-            return out
-        result["train"] = optional_section("train", train_section)
+        result["train"] = optional_section("train", lambda: bench_train_step(device, reps))
         print("train step (batch 8, img/s):", ", ".join(
             f"{c} {r['images_per_s']:.2f}" + (f" ({r['speedup_vs_baseline']:.2f}x)" if "speedup_vs_baseline" in r
                                               else "") for c, r in result["train"].items() if isinstance(r, dict)))
@@ -244,19 +228,14 @@ def main(argv=None) -> int:
         print(f"video ({v['frames']} frames {v['size']}, batch 8): model only {v['model_only_fps']:.2f} frames/s, "
               f"object_detection pipeline {v['pipeline_fps']:.2f} frames/s, ratio {v['ratio']:.2f}")
     if "onnx" in sections:
-        def onnx_section():
-            from benchmarks.bench_export import run_benchmark as run_onnx
-            return run_onnx(batches=batches, reps=reps)
-        result["onnx"] = optional_section("onnx", onnx_section)
+        result["onnx"] = optional_section("onnx", lambda: run_onnx(batches=batches, reps=reps))
         print("onnx:", json.dumps(result["onnx"], indent=None, default=str))
     if args.json:
-        from utils.io import atomic_write
         with atomic_write(args.json) as tmp:
             with open(tmp, "w") as fh:
                 json.dump(result, fh, indent=2, default=str)
         print(f"\nwrote {args.json}")
     return 0
-
 
 if __name__ == "__main__":
     run_cli(main)

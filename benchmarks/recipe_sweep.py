@@ -8,7 +8,7 @@ scale) init(default|fanout) bgbias(1 = background-prior head init) wd warm xbn(0
 size(200|300) workers. Meant for a lent GPU (440 iterations of the width-0.25 model take ~15 s on an H200); on
 2 CPU cores one run takes ~12 minutes. Results of the sweeps that chose the preset: docs/CPU_DEMO.md.
 """
-import json, math, os, sys, time
+import json, math, os, sys, time, traceback
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 from torch import nn
@@ -20,16 +20,11 @@ from data.transforms import SSDAugmentation
 from utils.inference.predictor import Predictor
 from utils.metrics.evaluation import evaluate_model
 
-root, out_json = sys.argv[1], sys.argv[2]
-dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
 DEF = dict(lr=2e-3, iters=440, batch=32, opt='adamw', clip=10.0, width=0.25, l2=1, init='default', bgbias=0,
            wd=5e-4, warm=50, xbn=1, amp=1, workers=int(os.environ.get('WORKERS', 12)), seed=0, evaln=0, size=300, l2s=20.0)
-results = []
-if os.path.exists(out_json):
-    results = json.load(open(out_json))
 
 
-def run(name, cfg):
+def run(name, cfg, root, dev):
     torch.manual_seed(cfg['seed'])
     ds = build_dataset('custom', root, 'train', SSDAugmentation(cfg['size'], MEANS, mode='flip'))
     test = build_dataset('custom', root, 'test')
@@ -78,17 +73,17 @@ def run(name, cfg):
         if (i + 1) % 20 == 0:
             hist.append((i + 1, round(float(ll), 3), round(float(lc), 3)))
         if cfg['evaln'] and (i + 1) % cfg['evaln'] == 0 and i + 1 < cfg['iters']:
-            evals.append((i + 1, mAP(net, test, nc, cfg['size'])))
+            evals.append((i + 1, mAP(net, test, nc, cfg['size'], dev)))
             net.train()
     secs = time.time() - t0
-    m = mAP(net, test, nc, cfg['size'])
+    m = mAP(net, test, nc, cfg['size'], dev)
     r = {'name': name, 'cfg': cfg, 'mAP': m, 'train_s': round(secs, 1), 'loss_tail': hist[-3:], 'evals': evals,
          'device': str(dev)}
     print(json.dumps(r), flush=True)
     return r
 
 
-def mAP(net, test, nc, size):
+def mAP(net, test, nc, size, dev):
     net.eval()
     tnet = build_ssd('test', size, nc, width=net.width, batch_norm=True)
     tnet.load_state_dict(net.state_dict(), strict=False)
@@ -101,19 +96,29 @@ def mAP(net, test, nc, size):
     return round(res['mAP'], 4)
 
 
-for spec in sys.argv[3:]:
-    name, _, kv = spec.partition(':')
-    cfg = dict(DEF)
-    for item in filter(None, kv.split(',')):
-        k, v = item.split('=')
-        cfg[k] = type(DEF[k])(v) if not isinstance(DEF[k], float) else float(v)
-    try:
-        results.append(run(name, cfg))
-    except Exception as e:  # keep the sweep going
-        import traceback; traceback.print_exc()
-        results.append({'name': name, 'error': repr(e)})
-    with open(out_json, 'w') as fh:
-        json.dump(results, fh, indent=1)
-print('\nSUMMARY')
-for r in results:
-    print(f"{r['name']:<14} mAP {r.get('mAP')}  {r.get('train_s')}s  loss {r.get('loss_tail', [''])[-1:]} evals {r.get('evals')}")
+def main(argv):
+    root, out_json = argv[0], argv[1]
+    dev = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    results = []
+    if os.path.exists(out_json):
+        results = json.load(open(out_json))
+    for spec in argv[2:]:
+        name, _, kv = spec.partition(':')
+        cfg = dict(DEF)
+        for item in filter(None, kv.split(',')):
+            k, v = item.split('=')
+            cfg[k] = type(DEF[k])(v) if not isinstance(DEF[k], float) else float(v)
+        try:
+            results.append(run(name, cfg, root, dev))
+        except Exception as e:  # keep the sweep going
+            traceback.print_exc()
+            results.append({'name': name, 'error': repr(e)})
+        with open(out_json, 'w') as fh:
+            json.dump(results, fh, indent=1)
+    print('\nSUMMARY')
+    for r in results:
+        print(f"{r['name']:<14} mAP {r.get('mAP')}  {r.get('train_s')}s  loss {r.get('loss_tail', [''])[-1:]} evals {r.get('evals')}")
+
+
+if __name__ == '__main__':
+    main(sys.argv[1:])

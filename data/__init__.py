@@ -15,6 +15,7 @@ from data.coco import COCO_CLASSES, COCO_LABEL_MAP, COCO_LABEL_MAP_INV, COCODete
 from data.common import DetectionDataset, ImageRecord, read_image_rgb, unwrap_worker_error
 from data.config import MEANS
 from data.custom import CustomDetection, read_labels
+from data.transforms import BaseTransform
 from data.voc0712 import VOC_CLASSES, VOCAnnotationTransform, VOCDetection
 from utils.errors import UserError
 
@@ -27,15 +28,6 @@ __all__ = [
 
 
 DATASET_NAMES: Tuple[str, ...] = ("VOC", "COCO", "custom")
-
-
-def __getattr__(name: str):
-    # BaseTransform lives in data.transforms, which imports data.config: resolve it lazily so that
-    # importing either package first works (no import cycle).
-    if name == "BaseTransform":
-        from data.transforms import BaseTransform
-        return BaseTransform
-    raise AttributeError(f"module 'data' has no attribute {name!r}")
 
 
 def detection_collate(batch: Sequence[Tuple[torch.Tensor, np.ndarray]]) -> Tuple[torch.Tensor, List[torch.Tensor]]:

@@ -2,7 +2,7 @@
 
 ::
 
-    DIR/labels.txt                 one class name per line (no background; blank lines ignored)
+    DIR/labels.txt                 one class name per line (no background; blank and # lines ignored)
     DIR/Annotations/<id>.xml       VOC XML (<size>, <object><name>, <difficult>, <bndbox>)
     DIR/JPEGImages/<id>.jpg        (.jpeg/.png/.bmp/... also accepted, or the XML's <filename>)
     DIR/ImageSets/Main/<split>.txt one id per line (train / val / test / trainval ...)
@@ -16,9 +16,9 @@ import os
 import warnings
 from typing import Callable, List, Optional
 
-from data.common import DetectionDataset, check_dir, check_file
+from data.common import DetectionDataset, check_dir
 from data.voc0712 import _voc_target_from_transform, class_index, index_voc_folder
-from utils.errors import UserError
+from utils.labels import read_class_names
 
 LABELS_FILE = "labels.txt"
 
@@ -26,29 +26,13 @@ LABELS_FILE = "labels.txt"
 def read_labels(root: str) -> List[str]:
     """Class names of a custom dataset (``<root>/labels.txt``, one per line, background not included).
 
-    UserError (naming the file) when it is missing, unreadable, empty or lists a name twice (names compare
-    case-insensitively, as XML names do).
+    Read by the project's one class-name reader (:func:`utils.labels.read_class_names`: UTF-8 with or without
+    BOM, CRLF, blank and ``#`` lines skipped); UserError naming the file when it is missing, unreadable, empty or
+    lists a name twice (case-insensitively, as XML names are matched). Warns when the first name is background.
     """
     path = os.path.join(os.fspath(root), LABELS_FILE)
-    check_file(path, "class list", "create labels.txt in the dataset root with one class name per line")
-    try:
-        with open(path, "r", encoding="utf-8-sig") as fh:
-            names = [line.strip() for line in fh if line.strip()]
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"class list cannot be read: {path} ({exc}) — it must be UTF-8 text, one name per line") \
-            from None
-    if not names:
-        raise UserError(f"class list is empty: {path} — write one class name per line")
-    seen = {}
-    dups = []
-    for n in names:
-        key = n.lower()
-        if key in seen and n not in dups:
-            dups.append(n)
-        seen[key] = n
-    if dups:
-        raise UserError(f"duplicate class name(s) {', '.join(repr(d) for d in dups)} in {path} — "
-                        "list every class once")
+    names = read_class_names(path, "class list",
+                             missing_hint="create labels.txt in the dataset root with one class name per line")
     if names[0].lower() in ("background", "__background__"):
         warnings.warn(f"{path} starts with {names[0]!r}: the model adds the background class itself, so this "
                       "becomes an ordinary class — remove the line unless that is intended", stacklevel=2)

@@ -35,7 +35,7 @@ class Detect(nn.Module):
 
     def __init__(self, num_classes: int, bkg_label: int = 0, top_k: int = 200, conf_thresh: float = 0.01,
                  nms_thresh: float = 0.45, variance: Sequence[float] = (0.1, 0.2), nms_top_k: int = 200,
-                 keep_top_k: Optional[int] = None) -> None:
+                 keep_top_k: Optional[int] = None, clip: bool = False) -> None:
         super().__init__()
         if nms_thresh <= 0:
             raise ValueError("nms_threshold must be positive")
@@ -47,6 +47,7 @@ class Detect(nn.Module):
         self.variance = tuple(variance)
         self.nms_top_k = nms_top_k
         self.keep_top_k = keep_top_k
+        self.clip = clip  # clamp decoded boxes to the image before NMS (torchvision); ssd.pytorch clips after
 
     @torch.no_grad()
     def forward(self, loc: torch.Tensor, conf: torch.Tensor, priors: torch.Tensor) -> torch.Tensor:
@@ -56,6 +57,8 @@ class Detect(nn.Module):
         groups = batch * fg                                               # one NMS group per (image, class)
         k = min(self.nms_top_k, num_priors)
         boxes = decode(loc, priors, self.variance)                        # [B, P, 4]
+        if self.clip:
+            boxes = boxes.clamp(min=0.0, max=1.0)
         scores = conf[..., 1:].transpose(1, 2)                            # [B, C-1, P]
         top_scores, top_idx = scores.topk(k, dim=2)                       # [B, C-1, k], descending
         top_scores = top_scores.reshape(groups, k)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from itertools import product
 from math import sqrt
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Union
 
 import torch
 
@@ -16,18 +16,20 @@ class PriorBox:
     ``s_k = min_size/min_dim``, the square of side ``sqrt(s_k * max_size/min_dim)``, then for each aspect ratio
     ``ar`` the boxes ``(s_k*sqrt(ar), s_k/sqrt(ar))`` and ``(s_k/sqrt(ar), s_k*sqrt(ar))``.
 
-    Output of :meth:`forward`: ``[P, 4]`` center-size ``(cx, cy, w, h)`` relative to the image; with ``clip`` all
-    four values are clamped to [0, 1]. P = 8732 for SSD300, 24564 for SSD512.
+    Output of :meth:`forward`: ``[P, 4]`` center-size ``(cx, cy, w, h)`` relative to the image. P = 8732 for SSD300,
+    24564 for SSD512. Clipping to [0, 1] (``clip`` argument, else ``cfg["clip"]``): ``True`` / ``"all"`` clamps all
+    four values (ssd.pytorch); ``"wh"`` clamps only the widths and heights (torchvision's DefaultBoxGenerator, which
+    leaves centres alone); ``False`` / ``"none"`` clamps nothing.
     """
 
-    def __init__(self, cfg: Dict[str, Any]) -> None:
+    def __init__(self, cfg: Dict[str, Any], clip: Optional[Union[bool, str]] = None) -> None:
         self.image_size = cfg["min_dim"]
         self.feature_maps = cfg["feature_maps"]
         self.min_sizes = cfg["min_sizes"]
         self.max_sizes = cfg["max_sizes"]
         self.steps = cfg["steps"]
         self.aspect_ratios = cfg["aspect_ratios"]
-        self.clip = cfg["clip"]
+        self.clip = _clip_mode(cfg["clip"] if clip is None else clip)
         self.variance = cfg.get("variance", [0.1, 0.2])
         for v in self.variance:
             if v <= 0:
@@ -50,11 +52,25 @@ class PriorBox:
                     mean += [cx, cy, s_k / r, s_k * r]
         # computed in float64 like the Python floats above, stored as float32
         out = torch.tensor(mean, dtype=torch.float64).view(-1, 4)
-        if self.clip:
+        if self.clip == "all":
             out.clamp_(min=0, max=1)
+        elif self.clip == "wh":
+            out[:, 2:].clamp_(min=0, max=1)
         return out.float()
 
     __call__ = forward
+
+
+CLIP_MODES = ("all", "wh", "none")
+
+
+def _clip_mode(clip: Union[bool, str]) -> str:
+    """``True`` -> ``"all"``, ``False`` -> ``"none"``; a mode name passes through (ValueError otherwise)."""
+    if clip is True or clip is False:
+        return "all" if clip else "none"
+    if clip not in CLIP_MODES:
+        raise ValueError(f"prior clip must be True, False or one of {CLIP_MODES}, got {clip!r}")
+    return str(clip)
 
 
 def num_priors_per_location(cfg: Dict[str, Any]) -> list:

@@ -2,10 +2,15 @@
 # Command 1: set up, then run the whole job on the embedded synthetic default:
 #   synthetic data + video -> train (CPU demo preset, or GPU if present) -> VOC07 mAP -> annotated video.
 # Every step is the real CLI with visible flags. Outputs go to quickstart_out/ (override with OUT=...).
+# SSD_PYTHON=/path/to/python skips the .venv setup and runs the steps with that interpreter.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup_env.sh
-PY=.venv/bin/python
+if [ -n "${SSD_PYTHON:-}" ]; then
+  PY=$SSD_PYTHON            # an interpreter that already has requirements.txt (tests/test_quickstart.py without .venv)
+else
+  bash scripts/setup_env.sh
+  PY=.venv/bin/python
+fi
 OUT=${OUT:-quickstart_out}
 NUM=${NUM:-4000}            # synthetic images (80% train / 5% val / 15% test)
 ITERS=${ITERS:-1200}        # training iterations of the cpu-demo preset (batch 16); ~13 min on 2 cores

@@ -44,26 +44,20 @@ class _Payload:
 
 
 @pytest.fixture(scope="module")
-def assets(tmp_path_factory):
-    """One tiny generated dataset (6 images, 5 classes) and the model files the cases need."""
+def assets(tmp_path_factory, make_checkpoint):
+    """One tiny generated dataset (6 small images, 5 classes) and the model files the cases need.
+
+    Not the shared ``tiny_dataset``: most cases copy this folder, so its images are kept small (64-96 px)."""
     from data.custom import read_labels
     from data.synthetic import generate_dataset
-    from ssd import build_ssd
-    from utils.loading.checkpoint import model_config, save_checkpoint
 
     folder = tmp_path_factory.mktemp("bad_inputs")
     ds = str(folder / "ds")
     generate_dataset(ds, 6, seed=0, size_range=((64, 96), (64, 96)))
     names = read_labels(ds)
-    torch.manual_seed(0)
-    model = build_ssd("train", 300, len(names) + 1, width=0.125)
-    tiny = str(folder / "tiny.pth")
-    save_checkpoint({"model": model.state_dict(), "class_names": names, "config": model_config(model)}, tiny)
-    four = build_ssd("train", 300, 4, width=0.125)  # 3 classes + background: not the dataset's 5
-    four_path = str(folder / "four_classes.pth")
-    save_checkpoint({"model": four.state_dict(), "class_names": ["a", "b", "c"],
-                     "config": model_config(four)}, four_path)
-    state = model.state_dict()
+    tiny = make_checkpoint(class_names=tuple(names))
+    four_path = make_checkpoint(class_names=("a", "b", "c"))  # 3 classes + background: not the dataset's 5
+    state = torch.load(tiny, map_location="cpu", weights_only=True)["model"]
     state["conf.0.weight"][0, 0, 0, 0] = float("nan")
     nan = str(folder / "nan.pth")
     torch.save(state, nan)

@@ -1,13 +1,15 @@
 """Checkpoint loading: accepted formats and one clear error for every kind of bad file."""
 import os
 
+import numpy as np
 import pytest
 import torch
 
 from ssd import build_ssd
-from utils.loading.checkpoint import (CHECKPOINT_FORMAT, load_basenet, load_model, load_state_dict_into, model_config,
-                              read_checkpoint, save_checkpoint)
+from utils.loading.checkpoint import (CHECKPOINT_FORMAT, load_basenet, load_model, load_state_dict_into,
+                                      model_config, read_checkpoint, save_checkpoint)
 from utils.errors import UserError
+from utils.inference import open_predictor
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +208,7 @@ def test_ssd200_checkpoint_loads_as_ssd200_and_detects(tmp_path):
     bare = tmp_path / "bare.pth"
     torch.save(net.state_dict(), bare)                               # no config: size from the 5 heads
     assert load_model(str(bare), "test")[0].size == 200
-    from utils.inference.predictor import Predictor
-    import numpy as np
-    dets = Predictor.from_checkpoint(str(path)).predict([np.zeros((90, 120, 3), np.uint8)])
+    dets = open_predictor(str(path)).predict([np.zeros((90, 120, 3), np.uint8)])
     assert len(dets) == 1
 
 

@@ -14,7 +14,7 @@ import torch
 
 from train_helpers import TINY, make_tiny_dataset, read_log, run_train, start_train
 from utils.loading.checkpoint import CHECKPOINT_FORMAT, read_checkpoint
-from utils.training import latest_checkpoint
+from utils.training.checkpoints import latest_checkpoint
 
 MAX_ITER = 30
 KILLS = 12

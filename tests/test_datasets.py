@@ -30,6 +30,8 @@ SHAPE_TO_VOC = dict(zip(SHAPE_CLASSES, VOC_CLASSES[:5]))
 # ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
+    # not the shared 6-image tiny_dataset: these tests need difficult objects and several images per split,
+    # which 14 images of seed 3 have
     root = tmp_path_factory.mktemp("data") / "shapes"
     generate_dataset(str(root), 14, seed=3)
     return str(root)
@@ -361,3 +363,22 @@ def test_unknown_dataset_name_is_a_usage_error(tmp_path):
     with pytest.raises(UserError) as info:
         build_dataset("imagenet", str(tmp_path), None, None)
     assert info.value.code == 2 and "imagenet" in info.value.message
+
+
+def test_labels_txt_follows_the_class_name_file_rules(tmp_path):
+    # BOM, CRLF, blank and comment lines: the rules of utils.labels.read_class_names, the project's one reader
+    (tmp_path / "labels.txt").write_bytes("\ufeffcat\r\n\r\n# pets only\r\ndog\r\n".encode("utf-8"))
+    assert read_labels(str(tmp_path)) == ["cat", "dog"]
+
+
+def test_labels_txt_missing_says_to_create_it(tmp_path):
+    with pytest.raises(UserError) as info:
+        read_labels(str(tmp_path))
+    assert info.value.message == (f"class list not found: {tmp_path / 'labels.txt'} — create labels.txt in the "
+                                  "dataset root with one class name per line")
+
+
+def test_labels_txt_starting_with_background_warns_and_keeps_the_name(tmp_path):
+    (tmp_path / "labels.txt").write_text("background\ncat\n")
+    with pytest.warns(UserWarning, match="adds the background class itself"):
+        assert read_labels(str(tmp_path)) == ["background", "cat"]

@@ -148,11 +148,19 @@ def test_cuda_device_without_cuda(labelled_set, tmp_path, capsys, monkeypatch):
     assert code == 2
 
 
-@pytest.mark.parametrize("flag,value", [("--batch_size", "0"), ("--num_workers", "-1"), ("--top_k", "0"),
-                                        ("--size", "400")])
-def test_bad_flag_values_are_usage_errors(flag, value, capsys):
+@pytest.mark.parametrize("flag,value,message", [
+    ("--batch_size", "0", "--batch_size must be at least 1, got 0"),
+    ("--num_workers", "-1", "--num_workers must be 0 or more, got -1"),
+    ("--top_k", "0", "--top_k must be at least 1, got 0"),
+    ("--max_images", "0", "--max_images must be at least 1, got 0"),
+    ("--confidence_threshold", "1", "--confidence_threshold must be in [0, 1), got 1.0"),
+    ("--confidence_threshold", "nan", "--confidence_threshold must be in [0, 1), got nan"),
+    ("--batch_size", "two", "argument --batch_size: invalid int value: 'two'"),
+    ("--size", "400", "--size"),
+])
+def test_bad_flag_values_are_usage_errors(flag, value, message, capsys):
     code, _, err = run([flag, value], capsys)
-    assert_one_line_error(code, err, flag)
+    assert_one_line_error(code, err, message, "(see python eval.py --help)")
     assert code == 2
 
 
@@ -164,18 +172,28 @@ def test_results_naming_images_outside_the_set(labelled_set, capsys):
     assert_one_line_error(code, err, "zzz")
 
 
-def test_plot_needs_matplotlib_or_writes_curves(labelled_set, tmp_path, capsys):
+def test_plot_without_matplotlib_is_a_usage_error(labelled_set, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     root, results, _ = labelled_set
     plots = tmp_path / "plots"
     code, _, err = run(["--results_dir", str(results), "--dataset", "custom", "--dataset_root", str(root),
                         "--plot", str(plots)], capsys)
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        assert_one_line_error(code, err, "matplotlib")
-    else:
-        assert code == 0
-        assert sorted(os.listdir(plots)) == ["pr_cat.png", "pr_dog.png"]
+    assert_one_line_error(code, err, "--plot needs matplotlib", "pip install matplotlib")
+    assert code == 2
+    assert not plots.exists()
+
+
+def test_plot_writes_one_png_curve_per_class(labelled_set, tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="matplotlib is in requirements-optional.txt (scripts/test.sh installs it)")
+    root, results, _ = labelled_set
+    plots = tmp_path / "plots"
+    code, _, err = run(["--results_dir", str(results), "--dataset", "custom", "--dataset_root", str(root),
+                        "--plot", str(plots)], capsys)
+    assert code == 0, err
+    assert sorted(os.listdir(plots)) == ["pr_cat.png", "pr_dog.png"]
+    for name in ("pr_cat.png", "pr_dog.png"):
+        assert (plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "wrote 2 precision-recall curves" in err
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -183,26 +201,23 @@ def test_plot_needs_matplotlib_or_writes_curves(labelled_set, tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    from data.synthetic import generate_dataset
-
-    root = tmp_path_factory.mktemp("syn") / "data"
-    generate_dataset(str(root), 6, seed=0)
-    return root
+def synthetic(tiny_dataset):
+    return tiny_dataset
 
 
 @pytest.fixture(scope="module")
-def tiny_checkpoint(synthetic, tmp_path_factory):
-    from ssd import build_ssd
-    from utils.loading.checkpoint import CHECKPOINT_FORMAT, model_config, save_checkpoint
+def tiny_checkpoint(synthetic, make_checkpoint):
+    return make_checkpoint(class_names=(synthetic / "labels.txt").read_text().split())
 
-    names = (synthetic / "labels.txt").read_text().split()
-    torch.manual_seed(0)
-    model = build_ssd("test", 300, len(names) + 1, width=0.125)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    save_checkpoint({"model": model.state_dict(), "class_names": names, "config": model_config(model),
-                     "format": CHECKPOINT_FORMAT}, str(path))
-    return path
+
+def _non_difficult_counts(root, split, names):
+    from utils.metrics.voc import parse_voc_xml
+
+    counts = dict.fromkeys(names, 0)
+    for i in (root / "ImageSets" / "Main" / f"{split}.txt").read_text().split():
+        for obj in parse_voc_xml(str(root / "Annotations" / f"{i}.xml")):
+            counts[obj["name"]] += not obj["difficult"]
+    return counts
 
 
 def test_end_to_end_writes_results_files_and_json(synthetic, tiny_checkpoint, tmp_path, capsys):
@@ -219,10 +234,16 @@ def test_end_to_end_writes_results_files_and_json(synthetic, tiny_checkpoint, tm
     data = json.loads(summary.read_text())
     assert data["num_images"] == n_images and data["images_per_second"] > 0
     assert set(data["ap"]) == set(names)
+    assert data["npos"] == _non_difficult_counts(synthetic, "trainval", names)  # the ground truth it scored on
     assert all(v is None or 0.0 <= v <= 1.0 for v in data["ap"].values())
     assert 0.0 <= data["coco"]["AP"] <= 1.0
-    assert json.loads((save / "coco_results_trainval.json").read_text()) is not None
-    assert "images/s" in out
+    # the devkit files and the COCO results JSON hold the same detections
+    voc_lines = sum(len((save / f"comp4_det_trainval_{n}.txt").read_text().splitlines()) for n in names)
+    coco = json.loads((save / "coco_results_trainval.json").read_text())
+    assert voc_lines == len(coco) == sum(data["num_detections"].values()) > 0
+    assert {r["category_id"] for r in coco} <= set(range(1, len(names) + 1))
+    assert data["mAP"] == pytest.approx(np.nanmean([np.nan if v is None else v for v in data["ap"].values()]))
+    assert f"{n_images} images in" in out and "images/s" in out
 
     # the files it wrote, scored again without the model, give the same numbers
     again = tmp_path / "again.json"
@@ -294,3 +315,22 @@ def test_class_names_of_model_and_dataset_must_agree():
         np.testing.assert_array_equal(class_mapping(["class_1", "class_2"], ["cat", "dog"]), [0, 1, 2])
     with pytest.raises(UserError, match="bird"):
         class_mapping(["cat", "bird"], ["cat", "dog"])
+
+
+def test_library_errors_name_no_cli_flags(synthetic, tmp_path):
+    # the metrics library words errors in its own terms; eval.py words them for its flags (tests above)
+    from data import build_dataset
+    from utils.errors import UserError
+    from utils.metrics.evaluation import collect_detections, score_results, voc_ground_truth
+
+    ds = build_dataset("custom", str(synthetic), "trainval")
+    with pytest.raises(ValueError, match="^batch_size must be at least 1, got 0$"):
+        collect_detections(OraclePredictor(ds), ds, batch_size=0)
+    with pytest.raises(ValueError, match="^num_workers must be 0 or more, got -1$"):
+        collect_detections(OraclePredictor(ds), ds, num_workers=-1)
+    with pytest.raises(UserError) as info:
+        score_results(str(tmp_path / "none"), "custom", str(synthetic))
+    assert info.value.message.startswith("results folder not found:") and "--" not in info.value.message
+    with pytest.raises(UserError) as info:
+        voc_ground_truth("VOC", str(tmp_path), "test", year="2099")
+    assert "VOC2099" in info.value.message and "--" not in info.value.message

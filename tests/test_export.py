@@ -8,21 +8,18 @@ import numpy as np
 import pytest
 import torch
 
-from ssd import build_ssd
-from utils.loading.checkpoint import model_config, save_checkpoint
 from utils.errors import UserError
-from utils.deploy.export import export_onnx, export_torchscript, main as export_main
-from utils.inference.predictor import Predictor
+from utils.deploy.export import export_onnx, export_torchscript
+from utils.export import main as export_main
+from utils.inference import open_predictor
+from utils.inference.runners import ORT_MISSING, OnnxRunner, load_exported
+from utils.loading.checkpoint import load_model
+from utils.loading.exported import load_torchscript
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 NAMES = ["cat", "dog", "car", "bus", "boat"]
-
-
-def tiny_model(**kwargs) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_ssd("test", 300, len(NAMES) + 1, width=0.125, **kwargs).eval()
 
 
 def image_batch(n: int, seed: int = 0) -> torch.Tensor:
@@ -47,9 +44,27 @@ def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:
     return float((got - expected).abs().max() / expected.abs().max())
 
 
+def assert_same_pixel_detections(got, expected) -> None:
+    """Per image the same ``(label, score, box)`` rows in any order (equal scores may swap): scores within 1e-5,
+    boxes within 1e-3 px (fp32 runtimes sum in different orders)."""
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        assert len(g) == len(e) > 0
+        rows_g = np.column_stack([g.labels, g.scores, g.boxes])
+        rows_e = np.column_stack([e.labels, e.scores, e.boxes])
+        tolerance = np.array([0, 1e-5, 1e-3, 1e-3, 1e-3, 1e-3])
+        close = (np.abs(rows_g[:, None, :] - rows_e[None, :, :]) <= tolerance).all(-1)
+        assert close.any(1).all() and close.any(0).all()
+
+
 @pytest.fixture(scope="module")
-def model():
-    return tiny_model()
+def ckpt(make_checkpoint):
+    return make_checkpoint(class_names=tuple(NAMES))
+
+
+@pytest.fixture(scope="module")
+def model(ckpt):
+    return load_model(ckpt, "test")[0].eval()
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +102,6 @@ def test_onnx_files_declare_a_dynamic_batch_and_carry_class_names(exported):
     assert proto.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
     props = {p.key: p.value for p in proto.metadata_props}
     assert props["size"] == "300" and props["with_nms"] == "1"
-    from utils.deploy.runners import OnnxRunner
     runner = OnnxRunner(exported["onnx_nms"])
     assert runner.class_names == NAMES and runner.size == 300 and runner.with_nms
 
@@ -107,8 +121,8 @@ def test_onnx_with_nms_equals_pytorch_detect(model, exported):
     assert_same_detections(detections, expected)
 
 
-def test_onnx_with_nms_returns_zeros_when_no_score_passes_the_threshold(tmp_path):
-    model = tiny_model(conf_thresh=0.999)
+def test_onnx_with_nms_returns_zeros_when_no_score_passes_the_threshold(ckpt, tmp_path):
+    model = load_model(ckpt, "test", conf_thresh=0.999)[0].eval()
     path = str(tmp_path / "strict.onnx")
     export_onnx(model, path, NAMES, with_nms=True)
     x = image_batch(2)
@@ -138,7 +152,6 @@ def test_torchscript_exports_match_pytorch_after_plain_jit_load(model, exported)
 
 
 def test_runner_on_raw_onnx_applies_detect_like_pytorch(model, exported):
-    from utils.deploy.runners import load_exported
     x = image_batch(2, seed=3)
     with torch.no_grad():
         expected = model(x)
@@ -148,7 +161,6 @@ def test_runner_on_raw_onnx_applies_detect_like_pytorch(model, exported):
 
 def test_nms_file_with_stricter_threshold_and_smaller_top_k_equals_detect_with_them(model, exported):
     from layers.detection import Detect
-    from utils.deploy.runners import OnnxRunner
     x = image_batch(2, seed=6)
     with torch.no_grad():
         loc, conf = model.forward_raw(x)
@@ -159,7 +171,6 @@ def test_nms_file_with_stricter_threshold_and_smaller_top_k_equals_detect_with_t
 
 
 def test_static_batch_export_runs_other_batch_sizes_in_chunks(model, tmp_path):
-    from utils.deploy.runners import OnnxRunner
     path = str(tmp_path / "b2.onnx")
     export_onnx(model, path, NAMES, with_nms=True, batch=2)
     runner = OnnxRunner(path)
@@ -170,44 +181,65 @@ def test_static_batch_export_runs_other_batch_sizes_in_chunks(model, tmp_path):
     assert_same_detections(runner(x), expected)
 
 
-def test_onnx_through_predictor_gives_the_checkpoints_detections(model, tmp_path, capsys):
-    ckpt = str(tmp_path / "tiny.pth")
-    save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model),
-                     "format": "ssd-ckpt-v1"}, ckpt)
+@pytest.mark.parametrize("key", ["onnx_raw", "onnx_nms", "ts_raw", "ts_nms"])
+def test_open_predictor_gives_a_checkpoints_detections_for_its_exports(ckpt, exported, key):
+    x, sizes = image_batch(2, seed=5), [(240, 320), (300, 300)]
+    expected = open_predictor(ckpt).predict_batch(x, sizes)
+    predictor = open_predictor(exported[key])                  # by extension (.onnx) or content (TorchScript)
+    assert predictor.class_names == NAMES and predictor.size == 300
+    assert_same_pixel_detections(predictor.predict_batch(x, sizes), expected)
+
+
+def test_torchscript_export_is_recognised_by_content_whatever_its_name(ckpt, exported, tmp_path):
+    renamed = tmp_path / "exported_model.pth"
+    renamed.write_bytes(open(exported["ts_nms"], "rb").read())
+    x, sizes = image_batch(1, seed=7), [(300, 300)]
+    for backend in ("auto", "torch", "torchscript"):
+        predictor = open_predictor(str(renamed), backend)
+        assert predictor.class_names == NAMES
+        assert_same_pixel_detections(predictor.predict_batch(x, sizes), open_predictor(ckpt).predict_batch(x, sizes))
+    with pytest.raises(UserError, match="needs an .onnx model"):
+        open_predictor(str(renamed), "onnxruntime")
+    with pytest.raises(UserError, match="cannot load .* as TorchScript"):
+        open_predictor(ckpt, "torchscript")
+
+
+def test_exports_accept_the_checkpoint_options_and_refuse_other_sizes_or_class_counts(ckpt, tmp_path, capsys):
     path = str(tmp_path / "tiny.onnx")
     assert export_main([ckpt, "--format", "onnx", "-o", path, "--with-nms"]) == 0
     assert "check: max relative difference" in capsys.readouterr().out
+    # the keyword arguments eval.py / object_detection.py give a checkpoint are accepted as well
+    predictor = open_predictor(path, device=torch.device("cpu"), amp=True, compile=True, size=300, top_k=200,
+                               conf_thresh=0.01, num_classes=6)
+    assert predictor.class_names == NAMES and predictor.device == torch.device("cpu") and not predictor.amp
+    with pytest.raises(UserError, match="SSD300 export") as err:
+        open_predictor(path, size=512)
+    assert err.value.code == 2
+    with pytest.raises(UserError, match="has 6 classes, but 21 were asked for"):
+        open_predictor(path, num_classes=21)
 
-    # the keyword arguments eval.py / object_detection.py give Predictor.from_checkpoint are accepted as well
-    onnx_predictor = Predictor.from_onnx(path, device=torch.device("cpu"), amp=False, size=300, top_k=200,
-                                         conf_thresh=0.01)
-    with pytest.raises(UserError, match="SSD300 export"):
-        Predictor.from_onnx(path, size=512)
-    torch_predictor = Predictor.from_checkpoint(ckpt)
-    assert onnx_predictor.class_names == NAMES and onnx_predictor.size == 300
-    x, sizes = image_batch(2, seed=5), [(240, 320), (300, 300)]
-    got, expected = onnx_predictor.predict_batch(x, sizes), torch_predictor.predict_batch(x, sizes)
-    for g, e in zip(got, expected):
-        assert len(g) == len(e) > 0
-        np.testing.assert_allclose(np.sort(g.scores), np.sort(e.scores), atol=1e-5)
-        # the same (label, score, box) rows, in any order (equal scores may swap)
-        rows_g = np.column_stack([g.labels, g.scores, g.boxes])
-        rows_e = np.column_stack([e.labels, e.scores, e.boxes])
-        tolerance = np.array([0, 1e-5, 1e-3, 1e-3, 1e-3, 1e-3])
-        close = (np.abs(rows_g[:, None, :] - rows_e[None, :, :]) <= tolerance).all(-1)
-        assert close.any(1).all() and close.any(0).all()
+
+def test_class_name_count_mismatch_is_the_same_usage_error_for_every_file_kind(ckpt, exported, tmp_path):
+    for path in (ckpt, exported["onnx_raw"], exported["ts_nms"]):
+        with pytest.raises(UserError) as err:
+            open_predictor(path, class_names=["only", "two"])
+        assert (err.value.message, err.value.code) == (f"2 class names given for a model with 5 classes ({path})", 2)
+    names = tmp_path / "names.txt"
+    names.write_text("only\ntwo\n")
+    with pytest.raises(UserError) as err:
+        export_main([ckpt, "-o", str(tmp_path / "x.onnx"), "--class-names", str(names)])
+    assert (err.value.message, err.value.code) == (f"2 class names given for a model with 5 classes ({names})", 2)
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_missing_onnxruntime_is_one_clear_error(exported, monkeypatch):
-    from utils.deploy.runners import ORT_MISSING
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
     with pytest.raises(UserError) as err:
-        Predictor.from_onnx(exported["onnx_raw"])
+        open_predictor(exported["onnx_raw"])
     assert err.value.message == "onnxruntime is not installed: pip install onnxruntime" == ORT_MISSING
 
 
 def test_nms_file_refuses_other_thresholds_and_foreign_onnx_files(exported, tmp_path):
-    from utils.deploy.runners import OnnxRunner
     for settings in ({"conf_thresh": 0.001}, {"top_k": 300}, {"nms_thresh": 0.5}):
         with pytest.raises(UserError, match="NMS built in"):
             OnnxRunner(exported["onnx_nms"], **settings)
@@ -221,9 +253,7 @@ def test_nms_file_refuses_other_thresholds_and_foreign_onnx_files(exported, tmp_
         OnnxRunner(str(tmp_path / "missing.onnx"))
 
 
-def test_export_cli_reports_bad_input_without_traceback(model, tmp_path):
-    ckpt = str(tmp_path / "tiny.pth")
-    save_checkpoint({"model": model.state_dict(), "config": model_config(model)}, ckpt)
+def test_export_cli_reports_bad_input_without_traceback(ckpt, tmp_path):
     with pytest.raises(UserError, match="--batch must be") as exc:
         export_main([ckpt, "-o", str(tmp_path / "x.onnx"), "--batch", "zero"])
     assert exc.value.code == 2
@@ -234,11 +264,8 @@ def test_export_cli_reports_bad_input_without_traceback(model, tmp_path):
     assert not (tmp_path / "x.onnx").exists()
 
 
-def test_cli_writes_a_loadable_torchscript_file_and_reports_errors_on_one_line(model, tmp_path, capsys):
+def test_cli_writes_a_loadable_torchscript_file_and_reports_errors_on_one_line(ckpt, tmp_path, capsys):
     from utils.errors import run_cli
-    from utils.deploy.export import load_torchscript
-    ckpt = str(tmp_path / "tiny.pth")
-    save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model)}, ckpt)
     path = str(tmp_path / "tiny.pt")
     assert export_main([ckpt, "--format", "torchscript", "-o", path, "--batch", "1", "--with-nms"]) == 0
     module, meta = load_torchscript(path)
@@ -250,16 +277,13 @@ def test_cli_writes_a_loadable_torchscript_file_and_reports_errors_on_one_line(m
     assert err.startswith("error: model file not found") and "Traceback" not in err and err.count("\n") == 1
 
 
-def test_object_detection_runs_an_exported_onnx_model_like_its_checkpoint(model, tmp_path):
+def test_object_detection_runs_an_exported_onnx_model_like_its_checkpoint(ckpt, exported, tmp_path):
     import json
 
     import cv2
 
     import object_detection
-    ckpt = str(tmp_path / "tiny.pth")
-    save_checkpoint({"model": model.state_dict(), "class_names": NAMES, "config": model_config(model)}, ckpt)
-    onnx_path = str(tmp_path / "tiny.onnx")
-    export_onnx(model, onnx_path, NAMES, with_nms=True)
+    onnx_path = exported["onnx_nms"]
     image = str(tmp_path / "frame.png")
     cv2.imwrite(image, (np.random.default_rng(0).random((120, 160, 3)) * 255).astype(np.uint8))
     found = {}
@@ -275,9 +299,9 @@ def test_object_detection_runs_an_exported_onnx_model_like_its_checkpoint(model,
     np.testing.assert_allclose([s for _, s in found["onnx"]], [s for _, s in found["pth"]], atol=2e-4)
 
 
-def test_the_cpu_demo_architecture_exports_to_onnx_like_pytorch(tmp_path):
+def test_the_cpu_demo_architecture_exports_to_onnx_like_pytorch(make_checkpoint, tmp_path):
     # width + BatchNorm + the s2 stem (7x7 stride-2 conv1_1, nn.Identity as pool1): what the quickstart trains
-    model = tiny_model(batch_norm=True, stem="s2")
+    model = load_model(make_checkpoint(batch_norm=True, stem="s2", class_names=tuple(NAMES)), "test")[0].eval()
     path = str(tmp_path / "s2.onnx")
     export_onnx(model, path, NAMES, with_nms=False)
     x = image_batch(1, seed=3)

@@ -2,17 +2,18 @@
 import json
 import os
 import subprocess
-
-import pytest
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.skipif(not os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")),
-                    reason="the quickstart runs in the project's .venv (scripts/test.sh creates it)")
 def test_quickstart_script_runs_every_step_and_prints_where_the_outputs_are(tmp_path):
     out = tmp_path / "qs"
     env = dict(os.environ, OUT=str(out), NUM="40", ITERS="2", FRAMES="12", BUDGET="300")
+    if not os.path.exists(os.path.join(ROOT, ".venv", "bin", "python")):
+        # no project .venv (pytest run from another environment): creating one would download PyTorch, so run the
+        # steps with this interpreter, which has the requirements since it runs the test suite
+        env["SSD_PYTHON"] = sys.executable
     run = subprocess.run(["bash", os.path.join(ROOT, "scripts", "quickstart.sh")], env=env, capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]

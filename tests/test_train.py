@@ -1,8 +1,10 @@
-"""train.py and utils/training.py: tiny model (width 0.125), tiny generated dataset, a few iterations on CPU."""
+"""train.py and utils/training/: tiny model (width 0.125), tiny generated dataset, a few iterations on CPU."""
 from __future__ import annotations
 
+import json
 import math
 import os
+import random
 import shutil
 import signal
 import socket
@@ -13,13 +15,22 @@ import pytest
 import torch
 from torch import nn
 
+import eval as eval_cli
 import train
+from ssd import build_ssd
 from train_helpers import TINY, make_tiny_dataset, read_log, run_train, start_train
 from utils.loading.checkpoint import CHECKPOINT_FORMAT, load_model, read_checkpoint
 from utils.errors import UserError
-from utils.training import (EndlessBatchSampler, LRSchedule, NonFiniteGuard, NonFiniteLossError, SeededDataset,
-                            build_optimizer, build_scheduler, capture_rng_state, freeze_vgg, latest_checkpoint,
-                            restore_rng_state, set_scheduler_iteration, write_checkpoint)
+from utils.loading.config import ModelConfig
+from utils.training.checkpoints import latest_checkpoint, write_checkpoint
+from utils.training.guards import NonFiniteGuard, NonFiniteLossError
+from utils.training.hooks import TestHooks, parse_iterations
+from utils.training.optim import build_optimizer, freeze_vgg
+from utils.training.resume import check_resume_architecture
+from utils.training.rng import capture_rng_state, restore_rng_state
+from utils.training.sampler import EndlessBatchSampler, SeededDataset
+from utils.training.schedule import LRSchedule, build_scheduler, set_scheduler_iteration
+from utils.training.settings import prior_config_name, resolve_settings
 
 @pytest.fixture(scope="module")
 def data_root(tmp_path_factory):
@@ -119,7 +130,6 @@ def test_scheduler_state_survives_a_weights_only_round_trip(tmp_path):
 
 
 def test_rng_state_round_trips_through_weights_only_load(tmp_path):
-    import random
     torch.manual_seed(1)
     np.random.seed(2)
     random.seed(3)
@@ -134,7 +144,6 @@ def test_rng_state_round_trips_through_weights_only_load(tmp_path):
 
 
 def test_adamw_has_no_weight_decay_on_batchnorm_and_bias_sgd_decays_all():
-    from ssd import build_ssd
     model = build_ssd("train", 300, 3, width=0.125, batch_norm=True)
     opt = build_optimizer(model, "adamw", 1e-3, weight_decay=5e-4)
     decay, no_decay = opt.param_groups
@@ -147,7 +156,6 @@ def test_adamw_has_no_weight_decay_on_batchnorm_and_bias_sgd_decays_all():
 
 
 def test_freeze_vgg_fixes_the_first_blocks_only():
-    from ssd import build_ssd
     model = build_ssd("train", 300, 3, width=0.125)
     freeze_vgg(model, "conv2")
     frozen = sorted(n for n, p in model.named_parameters() if not p.requires_grad)
@@ -190,14 +198,14 @@ def test_ssd_pytorch_flags_parse_with_their_meaning():
             "--learning-rate", "1e-3", "--momentum", "0.9", "--weight_decay", "5e-4", "--gamma", "0.1",
             "--visdom", "False", "--save_folder", "weights/"]
     ns, explicit = train.parse_args(argv)
-    s = train.resolve_settings(ns, explicit, None, False)
+    s = resolve_settings(ns, explicit, None, False)
     assert (s.dataset, s.dataset_root, s.basenet, s.batch_size, s.num_workers) == \
         ("VOC", "/data/VOCdevkit", "vgg16_reducedfc.pth", 32, 4)
     assert s.cuda is True and s.visdom is False and s.lr == 1e-3 and s.gamma == 0.1
     assert s.max_iter == 120000 and s.lr_steps == [80000, 100000, 120000]  # the paper's schedule from the config
     assert (s.size, s.width, s.batch_norm, s.optimizer, s.lr_schedule) == (300, 1.0, False, "sgd", "step")
     assert s.channels_last is True and s.amp is False  # NHWC on CPUs (faster, same numbers); fp32
-    assert train.resolve_settings(ns, explicit, None, True, "cuda").channels_last is False
+    assert resolve_settings(ns, explicit, None, True, "cuda").channels_last is False
     ns, explicit = train.parse_args(["--lr", "0.002", "--cuda", "no", "--resume", "ssd300_mAP_77.43_v2.pth"])
     assert ns.lr == 0.002 and ns.cuda is False and ns.resume == "ssd300_mAP_77.43_v2.pth"
 
@@ -205,18 +213,18 @@ def test_ssd_pytorch_flags_parse_with_their_meaning():
 def test_preset_sets_the_cpu_configuration_and_explicit_flags_override():
     ns, explicit = train.parse_args(["--dataset", "custom", "--dataset_root", "x", "--preset", "cpu-demo",
                                      "--lr", "1e-3", "--no-amp", "--lr_steps", "10,20"])
-    s = train.resolve_settings(ns, explicit, None, True)
+    s = resolve_settings(ns, explicit, None, True)
     assert (s.width, s.batch_norm, s.optimizer, s.lr_schedule, s.warmup, s.grad_clip, s.augment) == \
         (0.25, True, "adamw", "cosine", 50, 10.0, "flip")
     assert s.channels_last and s.batch_size == 16 and s.basenet == "none" and s.background_prior == 0.99
     assert s.stem == "s2"
     # a checkpoint from before --stem (no "stem" in its config) resumes with the VGG stem it has
-    old = train.resolve_settings(ns, explicit, {"preset": "cpu-demo", "width": 0.25}, True)
+    old = resolve_settings(ns, explicit, {"preset": "cpu-demo", "width": 0.25}, True)
     assert old.stem == "vgg" and old.width == 0.25
     assert s.lr == 1e-3 and s.amp is False and s.lr_steps == [10, 20]  # explicit wins
     ns, explicit = train.parse_args(["--dataset", "custom", "--dataset_root", "x", "--preset", "cpu-demo"])
-    assert train.resolve_settings(ns, explicit, None, True).amp is True
-    assert train.resolve_settings(ns, explicit, None, False).amp is False  # no native bf16: fp32
+    assert resolve_settings(ns, explicit, None, True).amp is True
+    assert resolve_settings(ns, explicit, None, False).amp is False  # no native bf16: fp32
 
 
 @pytest.mark.parametrize("argv, code, pattern", [
@@ -268,15 +276,14 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def test_resume_refuses_code_in_a_checkpoint_and_nan_weights(data_root, tmp_path):
+def test_resume_refuses_code_in_a_checkpoint_and_nan_weights(data_root, tmp_path, make_checkpoint):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
     torch.save({"model": {"x": torch.zeros(1)}, "payload": _Payload(str(marker))}, str(evil))
     with pytest.raises(UserError, match="refusing to load .*evil.pth"):
         train.main(tiny(data_root, tmp_path) + ["--resume", str(evil)])
     assert not marker.exists()
-    from ssd import build_ssd
-    state = build_ssd("train", 300, 3, width=0.125).state_dict()
+    state = torch.load(make_checkpoint(bare=True), weights_only=True)
     state["conf.0.weight"][0, 0, 0, 0] = float("nan")
     torch.save(state, str(tmp_path / "nan.pth"))
     with pytest.raises(UserError, match="NaN/inf values in conf.0.weight"):
@@ -311,8 +318,17 @@ def test_loss_falls_when_overfitting_a_few_images(tmp_path):
     assert read_checkpoint(final)["iteration"] == 16
     # --eval_every: mAP on the held-out split through eval's code, logged
     evals = read_log(str(tmp_path / "w" / "ssd300_custom_eval.csv"))
-    assert [r["iteration"] for r in evals] == [8, 16] and all(0.0 <= r["mAP"] <= 1.0 for r in evals)
-    assert {"AP_box", "AP_disc"} <= evals[0].keys() and "eval at iteration 16: voc07 mAP" in run.stdout
+    assert [r["iteration"] for r in evals] == [8, 16] and list(evals[0]) == ["iteration", "mAP", "AP_box", "AP_disc"]
+    assert "eval at iteration 16: voc07 mAP" in run.stdout
+    # the mAP logged at the last iteration is eval.py's on the final checkpoint (same weights, same split)
+    report = tmp_path / "eval.json"
+    assert eval_cli.main(["--dataset", "custom", "--dataset_root", root, "--set", "val", "--trained_model",
+                          str(tmp_path / "w" / "ssd300_custom_final.pth"), "--batch_size", "16", "--num_workers",
+                          "0", "--save_folder", str(tmp_path / "eval"), "--json", str(report), "--no-progress"]) == 0
+    expected = json.loads(report.read_text())
+    assert evals[-1]["mAP"] == pytest.approx(expected["mAP"], abs=1e-6)
+    assert evals[-1]["AP_disc"] == pytest.approx(expected["ap"]["disc"], abs=1e-6) and expected["mAP"] > 0
+    assert math.isnan(evals[-1]["AP_box"]) and expected["ap"]["box"] is None  # no box in the 2 images: n/a
     # the final checkpoint is a complete training checkpoint that the inference code loads
     ckpt = read_checkpoint(final)
     assert ckpt["format"] == CHECKPOINT_FORMAT
@@ -425,12 +441,12 @@ def test_prior_scales_choose_the_prior_config_and_auto_follows_the_dataset():
                            (["--dataset", "custom", "--prior_scales", "coco"], "COCO"),
                            (["--dataset", "COCO", "--prior_scales", "voc"], "VOC")):
         ns, explicit = train.parse_args(argv + ["--dataset_root", "x"])
-        assert train._prior_config(train.resolve_settings(ns, explicit, None, True)) == expected
+        assert prior_config_name(resolve_settings(ns, explicit, None, True)) == expected
 
 
 def test_background_prior_sets_the_fresh_heads_and_a_resume_keeps_the_trained_ones(data_root, tmp_path):
     ns, explicit = train.parse_args(["--dataset", "custom", "--dataset_root", "x"])
-    assert train.resolve_settings(ns, explicit, None, True).background_prior == 0.0  # ssd.pytorch's zero bias
+    assert resolve_settings(ns, explicit, None, True).background_prior == 0.0  # ssd.pytorch's zero bias
     run = run_train(tiny(data_root, tmp_path / "w", "--background_prior", "0.99", "--max_iter", 1, "--lr", "1e-12"),
                     str(tmp_path / "logs"))
     assert run.process.exitcode == 0, run.stderr
@@ -480,9 +496,42 @@ def test_time_budget_stops_and_saves_the_final_checkpoint(data_root, tmp_path):
     assert ckpt["scheduler"]["last_epoch"] == ckpt["iteration"]
 
 
-def test_resuming_weights_of_the_other_stem_names_the_flag():
-    from ssd import build_ssd
-    state = build_ssd("train", 300, 3, width=0.125, batch_norm=True, stem="s2").state_dict()
-    with pytest.raises(UserError, match="--stem s2"):
-        train._check_resume_architecture(state, "a.pth", 300, 3, "vgg")
-    train._check_resume_architecture(state, "a.pth", 300, 3, "s2")
+def test_resume_names_the_flag_when_the_checkpoint_does_not_fit(tiny_dataset, make_checkpoint, tmp_path):
+    argv = TINY + ["--dataset_root", str(tiny_dataset), "--train_split", "trainval", "--save_folder", str(tmp_path)]
+    with pytest.raises(UserError, match="has the s2 stem, but this run trains the vgg stem — pass --stem s2"):
+        train.main(argv + ["--batch_norm", "--resume", make_checkpoint(batch_norm=True, stem="s2")])
+    with pytest.raises(UserError, match="is an SSD512, but this run trains an SSD300 — pass --size 512"):
+        train.main(argv + ["--resume", make_checkpoint(size=512)])
+    with pytest.raises(UserError, match=r"has 3 classes \(with background\) but the dataset has 6 — resume with"):
+        train.main(argv + ["--resume", make_checkpoint(class_names=("a", "b"))])
+    # what is compared is the checkpoint's ModelConfig (read off its shapes) against this run's
+    wanted = ModelConfig(300, 6, 0.125, True, "s2")
+    check_resume_architecture(ModelConfig(300, 6, 0.25, False, "s2"), wanted, "a.pth")  # width/BN: load_into
+    with pytest.raises(UserError, match="--stem vgg"):
+        check_resume_architecture(ModelConfig(300, 6, 0.125, True, "vgg"), wanted, "a.pth")
+
+
+def test_test_hooks_are_read_from_the_environment_once():
+    hooks = TestHooks.from_env({"SSD_TEST_INJECT_NAN_AT": "2, 5-7", "SSD_TEST_SAVE_DELAY": "0.25"})
+    assert hooks.nan_at == {2, 5, 6, 7} and hooks.save_delay == 0.25
+    assert TestHooks.from_env({}) == TestHooks() and not TestHooks().nan_at and TestHooks().save_delay == 0.0
+    assert parse_iterations("3") == {3} and parse_iterations("") == set()
+
+
+# every model variant the CLI offers: --stem vgg/s2 x --batch_norm on/off x two widths
+@pytest.mark.parametrize("stem", ["vgg", "s2"])
+@pytest.mark.parametrize("batch_norm", [False, True])
+@pytest.mark.parametrize("width", ["0.125", "0.25"])
+def test_eval_every_works_for_every_model_variant(tiny_dataset, tmp_path, capsys, stem, batch_norm, width):
+    argv = TINY + ["--dataset_root", str(tiny_dataset), "--save_folder", str(tmp_path), "--width", width,
+                   "--stem", stem, "--batch_norm" if batch_norm else "--no-batch_norm", "--max_iter", "2",
+                   "--eval_every", "2", "--eval_batch_size", "2"]
+    assert train.main(argv) == 0
+    assert "eval at iteration 2: voc07 mAP" in capsys.readouterr().out
+    rows = read_log(str(tmp_path / "ssd300_custom_eval.csv"))
+    assert [r["iteration"] for r in rows] == [2]
+    assert list(rows[0]) == ["iteration", "mAP"] + [f"AP_{c}" for c in ("circle", "square", "triangle", "star",
+                                                                        "ring")]
+    assert 0.0 <= rows[0]["mAP"] <= 1.0
+    config = read_checkpoint(str(tmp_path / "ssd300_custom_final.pth"))["config"]
+    assert (config["stem"], config["batch_norm"], config["width"]) == (stem, batch_norm, float(width))

@@ -6,6 +6,7 @@ torch. The forkserver never runs a torch op before forking, so forking it is saf
 """
 from __future__ import annotations
 
+import csv
 import multiprocessing as mp
 import os
 import sys
@@ -14,6 +15,9 @@ from typing import Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
+
+import train
+from utils.errors import run_cli
 
 TINY = ["--dataset", "custom", "--width", "0.125", "--batch_size", "2", "--num_workers", "0", "--threads", "1",
         "--warmup", "0", "--log_every", "1", "--basenet", "none"]
@@ -67,8 +71,6 @@ def _child(argv: List[str], env: Dict[str, str], out_path: str, err_path: str) -
         os.close(f)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-    import train
-    from utils.errors import run_cli
     run_cli(train.main, argv)
 
 
@@ -80,7 +82,7 @@ def context() -> mp.context.BaseContext:
     if _CTX is None:
         _CTX = mp.get_context("forkserver")
         _CTX.set_forkserver_preload(["torch", "cv2", "train", "train_helpers", "ssd", "data", "layers",
-                                     "utils.training", "data.transforms"])
+                                     "utils.training.trainer", "data.transforms"])
     return _CTX
 
 
@@ -128,6 +130,5 @@ def run_train(argv: Sequence[str], logdir: str, env: Optional[Dict[str, str]] = 
 
 
 def read_log(path: str) -> List[Dict[str, float]]:
-    import csv
     with open(path, newline="") as fh:
         return [{k: float(v) for k, v in row.items() if v != ""} for row in csv.DictReader(fh)]

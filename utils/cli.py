@@ -4,9 +4,11 @@ CLIs."""
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import re
 import tempfile
-from typing import Any, NoReturn
+from typing import Any, Callable, NoReturn, Optional
 
 from utils.errors import UserError
 
@@ -24,7 +26,76 @@ class Parser(argparse.ArgumentParser):
         self.command = command
 
     def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        # a validator's "must ..." reads as "--flag must ...", the wording the README's troubleshooting table lists
+        m = _RANGE_ERROR.match(message)
+        if m:
+            message = f"{m.group(1).split('/')[-1]} {m.group(2)}"
         raise UserError(f"{message} (see python {self.command} --help)", code=2)
+
+
+# argparse words a failed type= as "argument -b/--batch_size: <what the validator raised>"
+_RANGE_ERROR = re.compile(r"^argument (\S+): (must .*)$", re.S)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Validators: argparse ``type=`` functions shared by the CLIs. A malformed number keeps argparse's own wording
+# ("invalid int value: 'x'"); an out-of-range one becomes "--flag must be ..., got X" (see Parser.error).
+# ----------------------------------------------------------------------------------------------------------
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """A ``type=`` accepting integers >= ``minimum`` ("must be at least 1" / "must be 0 or more")."""
+    rule = "0 or more" if minimum == 0 else f"at least {minimum}"
+
+    def check(text: Any) -> int:
+        value = int(text)  # ValueError -> argparse's "invalid int value"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+
+    check.__name__ = "int"
+    return check
+
+
+def float_in(low: float, high: Optional[float] = None, *, low_open: bool = False,
+             high_open: bool = False) -> Callable[[str], float]:
+    """A ``type=`` accepting finite floats in the interval (``high=None``: no upper bound), e.g.
+    ``float_in(0, 1, high_open=True)`` -> "must be in [0, 1), got 1.0"."""
+    if high is None:
+        if low == 0:
+            rule = "positive" if low_open else "0 or more"
+        else:
+            rule = f"greater than {low:g}" if low_open else f"at least {low:g}"
+    else:
+        rule = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+    def check(text: Any) -> float:
+        value = float(text)  # ValueError -> argparse's "invalid float value"
+        ok = math.isfinite(value) and (value > low if low_open else value >= low)
+        if high is not None:
+            ok = ok and (value < high if high_open else value <= high)
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {rule}, got {value}")
+        return value
+
+    check.__name__ = "float"
+    return check
+
+
+positive_int = int_at_least(1)
+"""``--batch_size``, ``--top_k``, ``--max_images``, ``--max_iter`` ...: an integer >= 1."""
+non_negative_int = int_at_least(0)
+"""``--num_workers``: an integer >= 0."""
+probability = float_in(0.0, 1.0)
+"""A probability in [0, 1]."""
+score_threshold = float_in(0.0, 1.0, high_open=True)
+"""A detection score threshold in [0, 1) (1 would keep nothing)."""
+non_negative_float = float_in(0.0)
+"""A float >= 0 (weight decay, seconds ...)."""
+positive_float = float_in(0.0, low_open=True)
+"""A float > 0 (learning rate, ...)."""
+batch_size = positive_int
+"""THE ``--batch_size`` validator (eval.py, train.py, object_detection.py, ``--eval_batch_size``)."""
 
 
 def str2bool(v: Any) -> bool:

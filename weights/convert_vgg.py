@@ -23,6 +23,8 @@ from typing import Dict, Mapping, Optional, Sequence
 import torch
 
 from utils.errors import UserError, run_cli
+from utils.io import atomic_write
+from utils.loading.checkpoint import read_checkpoint, split_checkpoint
 
 # torchvision's vgg16 ``features`` indices of the 13 convolutions, with (out, in) channels. SSD's ``vgg`` list
 # has its convolutions at the same indices (its pools differ only in ceil_mode), then conv6 at 31, conv7 at 33.
@@ -105,9 +107,6 @@ def convert_vgg16(state: Mapping[str, torch.Tensor], fold_input_norm: bool = Fal
 
 def convert_file(src: str, dst: str, fold_input_norm: bool = False) -> Dict[str, torch.Tensor]:
     """Read ``src`` (weights-only), convert, write ``dst`` atomically. Returns the converted state_dict."""
-    from utils.loading.checkpoint import read_checkpoint, split_checkpoint
-    from utils.io import atomic_write
-
     if os.path.abspath(src) == os.path.abspath(dst):
         raise UserError(f"output would overwrite the input: {dst} — choose another -o path", code=2)
     state, _ = split_checkpoint(read_checkpoint(src), src)

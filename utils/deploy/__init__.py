@@ -1,1 +1,2 @@
-"""Deployment: ONNX / TorchScript export and the runners that execute exported files."""
+"""Deployment: writing exported files (ONNX / TorchScript export, with or without NMS in the graph, and the
+check that an exported file computes what PyTorch does). Running them is :mod:`utils.inference.runners`."""

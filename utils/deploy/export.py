@@ -1,7 +1,6 @@
-"""Export an SSD to ONNX or TorchScript, optionally with decoding and NMS inside the exported graph.
-
+"""Export an SSD to ONNX or TorchScript, optionally with decoding and NMS inside the exported graph (library of
 ``python -m utils.export MODEL --format onnx|torchscript -o FILE [--size 300|512] [--batch dynamic|N]
-[--with-nms] [--opset N]``
+[--with-nms] [--opset N]``, whose command line is :mod:`utils.export`).
 
 Exported graphs take ``images [B, 3, S, S]`` float32, preprocessed as everywhere in this project (RGB, resized to
 S x S, minus ``data.config.MEANS`` = (123, 117, 104), CHW, no /255). The batch axis is dynamic unless ``--batch N``.
@@ -18,20 +17,17 @@ Outputs:
         torchvision's ops library).
 
 Which to use: the raw export is the most portable (any runtime; decode + NMS done by the caller, e.g.
-:class:`utils.deploy.runners.OnnxRunner` runs the PyTorch Detect); ``--with-nms`` makes the file self-contained
+:class:`utils.inference.runners.OnnxRunner` runs the PyTorch Detect); ``--with-nms`` makes the file self-contained
 (image in, boxes out) for runtimes without PyTorch. Both give Detect's detections (ties aside).
 
 Metadata travels with the file: ONNX ``metadata_props`` / TorchScript extra file ``ssd_meta.json`` hold the class
-names, size, thresholds, variances, means and output layout (see :func:`export_metadata`).
+names, size, thresholds, variances, means and output layout (see :mod:`utils.loading.exported`).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
-import sys
 import warnings
-from typing import Any, Dict, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -39,15 +35,13 @@ from torch import nn
 from torchvision.ops import nms
 
 from layers.box_utils import decode
-from utils.cli import Parser
-from utils.errors import UserError, run_cli
+from ssd import SSD
+from utils.errors import UserError
+from utils.inference.runners import load_exported
 from utils.io import atomic_write
+from utils.loading.exported import (INPUT_NAME, NMS_OUTPUTS, RAW_OUTPUTS, TORCHSCRIPT_META_FILE,
+                                    export_metadata)
 
-EXPORT_FORMAT = "ssd-export-v1"
-TORCHSCRIPT_META_FILE = "ssd_meta.json"
-INPUT_NAME = "images"
-RAW_OUTPUTS = ("loc", "scores", "priors")
-NMS_OUTPUTS = ("detections",)
 DEFAULT_OPSET = 17
 MIN_OPSET = 11  # NonMaxSuppression with float thresholds as inputs, ScatterElements, TopK with k as input
 
@@ -164,71 +158,18 @@ class DetectionGraph(nn.Module):
 class ExportableSSD(nn.Module):
     """The module that gets exported: ``images [B, 3, S, S]`` → raw outputs or detections (see module docs)."""
 
-    def __init__(self, model: nn.Module, with_nms: bool = False, onnx_nms: bool = False) -> None:
+    def __init__(self, model: SSD, with_nms: bool = False, onnx_nms: bool = False) -> None:
         super().__init__()
         self.model = model
         self.with_nms = with_nms
         self.post = DetectionGraph.from_detect(model.detect, onnx_nms) if with_nms else None
 
     def forward(self, images: torch.Tensor):
-        loc, conf = self.model.forward_raw(images)
-        scores = F.softmax(conf.float(), dim=-1)
-        priors = self.model.priors
+        loc, scores, priors = self.model.detect_inputs(*self.model.forward_raw(images))
         if self.post is not None:
             return self.post(loc.float(), scores, priors)
         # "* 1" makes priors a node output rather than a bare initializer, which some runtimes refuse as an output
         return loc, scores, priors * 1.0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# metadata
-# ---------------------------------------------------------------------------------------------------------------
-
-def export_metadata(model: nn.Module, class_names: Sequence[str], with_nms: bool,
-                    batch: Optional[int]) -> Dict[str, str]:
-    """String key/values stored with an exported file (ONNX metadata_props / TorchScript extra file)."""
-    from data.config import MEANS
-
-    detect = model.detect
-    return {
-        "format": EXPORT_FORMAT,
-        "class_names": json.dumps(list(class_names)),
-        "num_classes": str(model.num_classes),
-        "size": str(model.size),
-        "with_nms": "1" if with_nms else "0",
-        "batch": "dynamic" if batch is None else str(batch),
-        "top_k": str(detect.top_k),
-        "nms_top_k": str(detect.nms_top_k),
-        "conf_thresh": repr(float(detect.conf_thresh)),
-        "nms_thresh": repr(float(detect.nms_thresh)),
-        "variance": json.dumps([float(v) for v in detect.variance]),
-        "means_rgb": json.dumps(list(MEANS)),
-        "input": f"{INPUT_NAME} [B,3,{model.size},{model.size}] float32 RGB minus means_rgb, CHW, no /255",
-        "outputs": ",".join(NMS_OUTPUTS if with_nms else RAW_OUTPUTS),
-    }
-
-
-def parse_metadata(props: Dict[str, str], path: str) -> Dict[str, Any]:
-    """Inverse of :func:`export_metadata` (typed values). UserError when the file was not made by this exporter."""
-    if props.get("format") != EXPORT_FORMAT:
-        raise UserError(f"{path} was not exported by utils.export (no '{EXPORT_FORMAT}' metadata) — export it with "
-                        "`python -m utils.export MODEL --format onnx -o FILE`")
-    try:
-        return {
-            "class_names": list(json.loads(props["class_names"])),
-            "num_classes": int(props["num_classes"]),
-            "size": int(props["size"]),
-            "with_nms": props["with_nms"] == "1",
-            "batch": None if props["batch"] == "dynamic" else int(props["batch"]),
-            "top_k": int(props["top_k"]),
-            "nms_top_k": int(props["nms_top_k"]),
-            "conf_thresh": float(props["conf_thresh"]),
-            "nms_thresh": float(props["nms_thresh"]),
-            "variance": [float(v) for v in json.loads(props["variance"])],
-        }
-    except (KeyError, ValueError, TypeError) as exc:
-        raise UserError(f"{path}: damaged export metadata ({type(exc).__name__}: {exc}) — export the model "
-                        "again") from None
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -317,69 +258,9 @@ def export_torchscript(model: nn.Module, path: str, class_names: Sequence[str], 
     return meta
 
 
-def load_torchscript(path: str, map_location: str = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
-    """``torch.jit.load`` an exported file; returns ``(module, parsed metadata)``."""
-    if not os.path.isfile(path):
-        raise UserError(f"TorchScript file not found: {path} — check the path")
-    extra = {TORCHSCRIPT_META_FILE: ""}
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit's deprecation notice
-            module = torch.jit.load(path, map_location=map_location, _extra_files=extra)
-    except (RuntimeError, ValueError) as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        raise UserError(f"cannot load {path} as TorchScript ({lines[0] if lines else type(exc).__name__}) — "
-                        "export it again") from None
-    props = json.loads(extra[TORCHSCRIPT_META_FILE] or "{}")
-    return module.eval(), parse_metadata(props, path)
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# CLI
+# checking an exported file against PyTorch
 # ---------------------------------------------------------------------------------------------------------------
-
-def _parse_batch(value: str) -> Optional[int]:
-    if value == "dynamic":
-        return None
-    try:
-        batch = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--batch must be 'dynamic' or a positive integer, got {value!r}") from None
-    if batch < 1:
-        raise argparse.ArgumentTypeError(f"--batch must be 'dynamic' or a positive integer, got {value!r}")
-    return batch
-
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = Parser("-m utils.export",
-                                description="Export an SSD checkpoint to ONNX or TorchScript.")
-    p.add_argument("model", help="checkpoint (.pth): ssd.pytorch weights or a training checkpoint")
-    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    p.add_argument("-o", "--output", required=True, help="file to write (.onnx / .pt)")
-    p.add_argument("--size", type=int, choices=(200, 300, 512), default=None,
-                   help="input size; must match the checkpoint (default: read from it)")
-    p.add_argument("--batch", type=_parse_batch, default=None, metavar="dynamic|N",
-                   help="batch size of the exported graph (default: dynamic)")
-    p.add_argument("--with-nms", action="store_true",
-                   help="put decoding + per-class NMS in the graph: output detections [B, C, top_k, 5]")
-    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (>= {MIN_OPSET})")
-    p.add_argument("--top-k", type=int, default=200, help="detections kept per class (Detect's top_k)")
-    p.add_argument("--conf-thresh", type=float, default=0.01, help="per-class score threshold before NMS")
-    p.add_argument("--nms-thresh", type=float, default=0.45, help="NMS IoU threshold")
-    p.add_argument("--class-names", default=None,
-                   help="text file with one class name per line (default: the checkpoint's, else VOC/COCO/class_N)")
-    p.add_argument("--no-check", action="store_true",
-                   help="skip comparing the exported file against PyTorch on one random batch")
-    return p
-
-
-def _read_names(path: str) -> List[str]:
-    if not os.path.isfile(path):
-        raise UserError(f"class names file not found: {path} — give a text file with one name per line", code=2)
-    with open(path, encoding="utf-8") as fh:
-        return [line.strip() for line in fh if line.strip()]
-
 
 CHECK_TOLERANCE = 1e-4
 
@@ -391,14 +272,12 @@ def check_export(model: nn.Module, path: str, fmt: str, batch: Optional[int]) ->
     with :class:`layers.detection.Detect`'s (boxes with exactly equal scores may come in another order, so the
     per-class score sequences are what must agree). A dynamic-batch file is run at batch 2 (it was traced at 1).
     """
-    from utils.deploy.runners import load_exported
-
     runner = load_exported(path, fmt)
     x = _example_input(model, batch or 2)
     x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         if runner.with_nms:
-            expected: Tuple[torch.Tensor, ...] = (model.detect(*_raw_for_detect(model, x))[..., 0],)
+            expected: Tuple[torch.Tensor, ...] = (model.postprocess(*model.forward_raw(x))[..., 0],)
             got: Tuple[torch.Tensor, ...] = (runner.outputs(x)[0][..., 0],)
         else:
             expected, got = ExportableSSD(model).eval()(x), runner.outputs(x)
@@ -407,50 +286,3 @@ def check_export(model: nn.Module, path: str, fmt: str, batch: Optional[int]) ->
         worst = max(worst, float((e - g).abs().max() / e.abs().max().clamp(min=1e-6)))
     return worst
 
-
-def _raw_for_detect(model: nn.Module, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    loc, conf = model.forward_raw(x)
-    return loc, F.softmax(conf.float(), dim=-1), model.priors
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    from utils.loading.checkpoint import default_class_names, load_model
-
-    for flag, value in (("--top-k", args.top_k), ("--opset", args.opset)):
-        if value < 1:
-            raise UserError(f"{flag} must be positive, got {value}", code=2)
-    if not 0 < args.nms_thresh <= 1 or not 0 <= args.conf_thresh < 1:
-        raise UserError("--nms-thresh must be in (0, 1] and --conf-thresh in [0, 1)", code=2)
-    model, meta = load_model(args.model, "test", size=args.size, top_k=args.top_k, conf_thresh=args.conf_thresh,
-                             nms_thresh=args.nms_thresh)
-    names = _read_names(args.class_names) if args.class_names else (
-        meta["class_names"] or default_class_names(model.num_classes))
-    if len(names) != model.num_classes - 1:
-        raise UserError(f"{len(names)} class names for a model with {model.num_classes - 1} classes "
-                        f"({args.class_names or args.model})", code=2)
-    if args.format == "onnx":
-        export_onnx(model, args.output, names, args.with_nms, args.batch, args.opset)
-    else:
-        export_torchscript(model, args.output, names, args.with_nms, args.batch)
-    kind = "detections [B, C, top_k, 5]" if args.with_nms else "loc, scores, priors"
-    print(f"wrote {args.output} ({args.format}, SSD{model.size}, {model.num_classes} classes, "
-          f"batch {args.batch or 'dynamic'}, outputs: {kind})")
-    if not args.no_check:
-        try:
-            diff = check_export(model, args.output, args.format, args.batch)
-        except UserError as exc:  # e.g. onnxruntime missing: the file is written, only the check is skipped
-            print(f"check skipped: {exc.message}", file=sys.stderr)
-        else:
-            print(f"check: max relative difference vs PyTorch {diff:.2e} on a random batch")
-            if diff > CHECK_TOLERANCE:
-                what = ("a detection score/IoU right at a threshold can flip" if args.with_nms
-                        else "the runtime computes the network differently")
-                print(f"check failed: {args.output} differs from PyTorch by more than {CHECK_TOLERANCE:g} "
-                      f"(relative); {what} — compare the detections before deploying it", file=sys.stderr)
-                return 1
-    return 0
-
-
-if __name__ == "__main__":
-    run_cli(main)

@@ -1,4 +1,6 @@
-"""Inference: frames → tensors → network → detections in pixels (:class:`Predictor`), and opening a model."""
-from utils.inference.predictor import Detections, Predictor, detections_to_pixels, open_predictor
+"""Inference: frames → tensors → network → detections in pixels (:class:`Predictor`), opening a model file
+(:func:`open_predictor`) and running exported files (:mod:`utils.inference.runners`)."""
+from utils.inference.opener import open_predictor
+from utils.inference.predictor import Detections, Predictor, detections_to_pixels
 
 __all__ = ["Detections", "Predictor", "detections_to_pixels", "open_predictor"]

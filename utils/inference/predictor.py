@@ -1,16 +1,18 @@
 """The one inference path: RGB frames → preprocessed batch → network + Detect → detections in pixels.
 
-eval.py, object_detection.py, the benchmark and the ONNX backend all go through :class:`Predictor`.
+eval.py, object_detection.py, the benchmarks and the exported-file runners all go through :class:`Predictor`;
+:func:`utils.inference.opener.open_predictor` builds one from a model file.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from utils.loading.checkpoint import default_class_names, load_model
+from data.transforms import normalize_uint8_batch, preprocess_batch, resize_batch_uint8
+from ssd import SSD
 from utils.device import autocast
 
 
@@ -59,7 +61,8 @@ class Predictor:
     """Batched detector around a test-phase SSD (or any callable with the same output).
 
     Args:
-        model: callable ``x [B, 3, S, S] float → [B, C, top_k, 5]`` (an ``SSD`` in phase ``'test'``).
+        model: an :class:`ssd.SSD` (its network runs in :meth:`forward_raw`, then :meth:`ssd.SSD.postprocess`
+            decodes), or any callable ``x [B, 3, S, S] float → [B, C, top_k, 5]`` (e.g. an exported-file runner).
         class_names: names without background.
         device: where the network runs; inputs are moved there.
         amp: bf16 autocast on CPU, fp16/bf16 autocast on CUDA.
@@ -85,59 +88,15 @@ class Predictor:
             model.eval().to(device)
             if self.channels_last:
                 model.to(memory_format=torch.channels_last)
-        self._raw = None
+        # the network part of an SSD, run by forward_raw; None for other callables (run calls them whole)
+        self._network: Optional[Callable[[torch.Tensor], Tuple[torch.Tensor, torch.Tensor]]] = (
+            model.forward_raw if isinstance(model, SSD) else None)
         if compile:
-            if not hasattr(model, "forward_raw"):
+            if self._network is None:
                 raise ValueError("compile=True needs an SSD model")
-            import torch._inductor.config as inductor_config
-            # freezing turns weights into constants, so oneDNN can prepack them and fuse conv + ReLU
-            inductor_config.freezing = True
-            self._raw = torch.compile(model.forward_raw, dynamic=False)
-
-    @classmethod
-    def from_checkpoint(cls, path: str, device: torch.device = torch.device("cpu"), amp: bool = False,
-                        num_classes: Optional[int] = None, size: Optional[int] = None, top_k: int = 200,
-                        conf_thresh: float = 0.01, nms_thresh: float = 0.45, class_names: Optional[Sequence[str]] = None,
-                        score_threshold: float = 0.0, channels_last: Optional[bool] = None,
-                        compile: bool = False) -> "Predictor":
-        """Load any accepted checkpoint (see utils.loading.checkpoint) into a test-phase SSD."""
-        model, meta = load_model(path, "test", num_classes=num_classes, size=size, top_k=top_k,
-                                 conf_thresh=conf_thresh, nms_thresh=nms_thresh)
-        names = class_names or meta["class_names"] or default_class_names(model.num_classes)
-        if len(names) != model.num_classes - 1:
-            from utils.errors import UserError
-            raise UserError(f"{len(names)} class names given for a model with {model.num_classes - 1} classes "
-                            f"({path})")
-        return cls(model, names, model.size, device, amp, score_threshold, channels_last, compile)
-
-    @classmethod
-    def from_onnx(cls, path: str, **kwargs: Any) -> "Predictor":
-        """An exported ``.onnx`` model on ONNX Runtime (see utils.deploy.runners.predictor_from_onnx)."""
-        from utils.deploy.runners import predictor_from_onnx
-        return predictor_from_onnx(path, predictor_cls=cls, **kwargs)
-
-    @classmethod
-    def load(cls, path: str, backend: str = "auto", **kwargs: Any) -> "Predictor":
-        """Open a model file for the CLIs: ``.onnx`` → ONNX Runtime, anything else → a PyTorch checkpoint.
-
-        ``backend`` is ``auto`` (by extension), ``torch`` or ``onnxruntime``; ``kwargs`` go to
-        :meth:`from_checkpoint` / :meth:`from_onnx` (``amp``, ``num_classes`` and ``size`` only apply to PyTorch).
-        """
-        from utils.errors import UserError
-        is_onnx = path.lower().endswith(".onnx")
-        backend = backend if backend != "auto" else ("onnxruntime" if is_onnx else "torch")
-        if backend == "onnxruntime":
-            if not is_onnx:
-                raise UserError(f"--backend onnxruntime needs an .onnx model, got {path} — export one with "
-                                "python -m utils.export or use --backend torch", code=2)
-            for key in ("amp", "channels_last", "compile"):
-                kwargs.pop(key, None)
-            return cls.from_onnx(path, **kwargs)
-        if backend != "torch":
-            raise UserError(f"--backend {backend!r} is not known; use auto, torch or onnxruntime", code=2)
-        if is_onnx:
-            raise UserError(f"{path} is an ONNX model; use --backend onnxruntime (or auto)", code=2)
-        return cls.from_checkpoint(path, **kwargs)
+            # freezing turns weights into constants, so oneDNN can prepack them and fuse conv + ReLU; given as an
+            # option of this compilation (not inductor's global config), it changes nothing else in the process
+            self._network = torch.compile(model.forward_raw, dynamic=False, options={"freezing": True})
 
     @property
     def num_classes(self) -> int:
@@ -145,20 +104,31 @@ class Predictor:
 
     def preprocess(self, images: Sequence[np.ndarray]) -> torch.Tensor:
         """RGB uint8 ``HxWx3`` frames → ``[B, 3, S, S]`` float32 (the shared preprocessing)."""
-        from data.transforms import preprocess_batch
         return preprocess_batch(list(images), self.size)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @torch.inference_mode()
+    def forward_raw(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The network alone (compiled when ``compile=True``, under autocast when ``amp``): preprocessed
+        ``[B, 3, S, S]`` → ``loc [B, P, 4]``, ``conf [B, P, C]`` logits on ``self.device``. SSD models only."""
+        if self._network is None:
+            raise TypeError("forward_raw needs a Predictor around an SSD model, not an exported-file runner")
+        x = self._to_device(x)
+        with autocast(self.device, self.amp):
+            return self._network(x)
 
     @torch.inference_mode()
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """Preprocessed batch → raw detections ``[B, C, top_k, 5]`` (relative coordinates) on ``self.device``."""
-        x = x.to(self.device, non_blocking=True)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self._network is not None:
+            # Detect works in float32 whatever the network ran in, so it runs outside autocast
+            return self.model.postprocess(*self.forward_raw(x))
+        x = self._to_device(x)
         with autocast(self.device, self.amp):
-            if self._raw is None:
-                return self.model(x)
-            loc, conf = self._raw(x)
-        return self.model.detect(loc, torch.softmax(conf.float(), dim=-1), self.model.priors)
+            return self.model(x)
 
     def predict_batch(self, x: torch.Tensor, image_sizes: Sequence[Tuple[int, int]]) -> List[Detections]:
         """Preprocessed ``[B, 3, S, S]`` + original ``(h, w)`` per image → detections in pixels."""
@@ -171,7 +141,6 @@ class Predictor:
         batch travels to ``self.device`` as uint8 (4x fewer bytes than float32; from pinned memory, without
         blocking, on CUDA) and is converted and mean-subtracted there.
         """
-        from data.transforms import normalize_uint8_batch, resize_batch_uint8
         if len(images) == 0:
             return []
         images = list(images)
@@ -183,14 +152,3 @@ class Predictor:
         x = normalize_uint8_batch(frames.to(device, non_blocking=True))
         return self.predict_batch(x, sizes)
 
-
-def open_predictor(path: str, backend: str = "auto", *, device: torch.device = torch.device("cpu"),
-                   amp: bool = False, compile: bool = False, class_names: Optional[Sequence[str]] = None,
-                   num_classes: Optional[int] = None, size: Optional[int] = None, top_k: int = 200,
-                   conf_thresh: float = 0.01, nms_thresh: float = 0.45, score_threshold: float = 0.0) -> Predictor:
-    """The one way to open a model for inference: a checkpoint (this project's or ssd.pytorch's), an exported
-    ``.onnx`` or TorchScript file → :class:`Predictor`. ``class_names`` (without background) override the file's;
-    ``num_classes`` / ``size``, when given, must agree with the file. Raises ``UserError`` with a one-line reason."""
-    return Predictor.load(path, backend, device=device, amp=amp, compile=compile, class_names=class_names,
-                          num_classes=num_classes, size=size, top_k=top_k, conf_thresh=conf_thresh,
-                          nms_thresh=nms_thresh, score_threshold=score_threshold)

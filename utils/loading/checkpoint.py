@@ -10,20 +10,27 @@ from __future__ import annotations
 import os
 import pickle
 import zipfile
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import torch
 from torch import nn
 
 from utils.errors import UserError
 from utils.loading.config import ModelConfig, infer_architecture  # noqa: F401  (re-exported)
-from utils.io import atomic_write
+from utils.io import atomic_write, pickle_globals
 
 CHECKPOINT_FORMAT = "ssd-ckpt-v1"
 
 
 def read_checkpoint(path: str) -> Any:
-    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors for bad files."""
+    """``torch.load(path, map_location='cpu', weights_only=True)`` with one-line errors for bad files.
+
+    A file that would run code when unpickled is refused and reported as such (naming what it would call),
+    whatever torch's wording; truncated and foreign files get their own messages.
+    """
+    # globals a weights-only load accepts besides torch's own: not a reason for refusal
+    plain_globals = {"collections.OrderedDict", "collections.Counter", "_codecs.encode", "builtins.set",
+                     "builtins.frozenset", "builtins.bytearray", "builtins.complex", "builtins.slice"}
     if not os.path.exists(path):
         raise UserError(f"model file not found: {path} — check the path (train one with train.py, or put the "
                         "downloaded .pth there)")
@@ -33,16 +40,19 @@ def read_checkpoint(path: str) -> Any:
         raise UserError(f"model file is empty: {path} — the download or save was interrupted; get the file again")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        # the weights-only unpickler reports both code-carrying files ("Unsupported global") and plain garbage
-        # ("Unsupported operand") as UnpicklingError: only the first is a refusal
-        if "Unsupported global" in str(exc):
-            raise UserError(f"refusing to load {path}: it contains Python objects that could run code when loaded "
-                            "(only tensors and plain data are accepted) — use a checkpoint from a source you trust, "
-                            "re-saved as a plain state_dict") from None
-        raise UserError(f"not a PyTorch checkpoint (or truncated): {path} — re-download or re-create it") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError, KeyError, IndexError,
-            TypeError) as exc:
+    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, AttributeError,
+            KeyError, IndexError, TypeError) as exc:
+        # decide the reason from the file itself (its pickle's imports, read with pickletools: nothing runs), not
+        # from torch's wording, which changes between versions
+        callables = [g for g in pickle_globals(path) if not g.startswith("torch.") and g not in plain_globals]
+        if callables or (isinstance(exc, pickle.UnpicklingError) and "global" in str(exc).lower()):
+            named = f" ({', '.join(callables[:3])}{', ...' if len(callables) > 3 else ''})" if callables else ""
+            raise UserError(f"refusing to load {path}: it contains Python objects that could run code when loaded"
+                            f"{named}; only tensors and plain data are accepted — use a checkpoint from a source you "
+                            "trust, re-saved as a plain state_dict") from None
+        if isinstance(exc, pickle.UnpicklingError):  # plain garbage ("invalid load key", "Unsupported operand")
+            raise UserError(f"not a PyTorch checkpoint (or truncated): {path} — re-download or re-create "
+                            "it") from None
         raise UserError(f"cannot read checkpoint {path}: not a PyTorch checkpoint or truncated "
                         f"({type(exc).__name__}) — re-download or re-create it") from None
 
@@ -147,20 +157,13 @@ def load_basenet(model: nn.Module, path: str) -> None:
 def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename: a kill never leaves a corrupt file."""
     with atomic_write(path, suffix=".tmp") as tmp:
-        torch.save(obj, tmp)
+        # through a Python file object, so that a full disk surfaces as OSError(ENOSPC/EDQUOT) (chained to torch's
+        # RuntimeError): atomic_write turns it into "no space left on device while writing <path>"
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
 
 
 def model_config(model: nn.Module) -> Dict[str, Any]:
     """The architecture fields stored in a checkpoint's ``config`` (enough to rebuild the model)."""
     return ModelConfig.from_model(model).to_dict()
 
-
-def default_class_names(num_classes: int) -> List[str]:
-    """Names for files that carry none: VOC for 21 classes, COCO for 81, else class_1..class_N."""
-    if num_classes == 21:
-        from data.voc0712 import VOC_CLASSES
-        return list(VOC_CLASSES)
-    if num_classes == 81:
-        from data.coco import COCO_CLASSES
-        return list(COCO_CLASSES)
-    return [f"class_{i}" for i in range(1, num_classes)]

@@ -41,21 +41,35 @@ class ModelConfig:
     batch_norm: bool = False
     stem: str = "vgg"
     prior_config: str = "VOC"
+    # post-processing conventions (issue 17, weights/behaviour.py): ssd.pytorch's by default; torchvision's
+    # converted SSD300 records its own ("wh", True, 400, 200) so it runs as it was trained
+    prior_clip: str = "all"
+    clip_before_nms: bool = False
+    nms_candidates: int = 200
+    max_per_image: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.stem not in STEMS:
             raise ValueError(f"stem must be one of {STEMS}, got {self.stem!r}")
         if self.prior_config not in PRIOR_CONFIGS:
             raise ValueError(f"prior_config must be one of {PRIOR_CONFIGS}, got {self.prior_config!r}")
+        if self.prior_clip not in ("all", "wh", "none"):
+            raise ValueError(f"prior_clip must be 'all', 'wh' or 'none', got {self.prior_clip!r}")
 
     def prior_cfg(self) -> Dict[str, Any]:
         """The ``data.config`` dict (feature maps, prior sizes, variances) of this size and prior set."""
-        return get_config(self.prior_config, self.size)
+        cfg = get_config(self.prior_config, self.size)
+        cfg["clip"] = self.prior_clip
+        return cfg
 
     def build(self, phase: str = "test", **detect_kwargs: Any) -> SSD:
         """A freshly initialised SSD of this architecture (``detect_kwargs``: ``top_k``, ``conf_thresh``, ...)."""
-        return build_ssd(phase, self.size, self.num_classes, cfg=self.prior_cfg(), width=self.width,
-                         batch_norm=self.batch_norm, stem=self.stem, **detect_kwargs)
+        model = build_ssd(phase, self.size, self.num_classes, cfg=self.prior_cfg(), width=self.width,
+                          batch_norm=self.batch_norm, stem=self.stem, **detect_kwargs)
+        model.detect.nms_top_k = self.nms_candidates
+        model.detect.keep_top_k = self.max_per_image
+        model.detect.clip = self.clip_before_nms
+        return model
 
     def with_classes(self, num_classes: int) -> "ModelConfig":
         return replace(self, num_classes=num_classes)
@@ -66,8 +80,10 @@ class ModelConfig:
 
     @classmethod
     def from_model(cls, model: SSD) -> "ModelConfig":
+        clip = model.cfg["clip"]
         return cls(model.size, model.num_classes, float(model.width), bool(model.batch_norm), model.stem,
-                   str(model.cfg["name"]))
+                   str(model.cfg["name"]), "all" if clip is True else ("none" if clip is False else str(clip)),
+                   bool(model.detect.clip), int(model.detect.nms_top_k), model.detect.keep_top_k)
 
     @classmethod
     def from_state(cls, state: Mapping[str, torch.Tensor], stored: Optional[Mapping[str, Any]] = None,
@@ -79,7 +95,11 @@ class ModelConfig:
         num_classes = arch["num_classes"]
         prior = stored.get("prior_config") or ("COCO" if num_classes == 81 else "VOC")
         return cls(size=arch["size"], num_classes=num_classes, width=float(stored.get("width") or arch["width"]),
-                   batch_norm=arch["batch_norm"], stem=arch["stem"], prior_config=str(prior))
+                   batch_norm=arch["batch_norm"], stem=arch["stem"], prior_config=str(prior),
+                   prior_clip=str(stored.get("prior_clip", "all")),
+                   clip_before_nms=bool(stored.get("clip_before_nms", False)),
+                   nms_candidates=int(stored.get("nms_candidates", 200)),
+                   max_per_image=stored.get("max_per_image"))
 
 
 def infer_architecture(state: Mapping[str, torch.Tensor], path: str = "<checkpoint>") -> Dict[str, Any]:

@@ -7,6 +7,7 @@ original image → VOC AP (:mod:`utils.metrics.voc`, devkit-exact) and/or COCO A
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -16,9 +17,16 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 import torch.utils.data as tud
+from tqdm import tqdm
 
-from data.transforms import resize_batch_uint8
+from data.common import check_dir, read_split, unwrap_worker_error
+from data.custom import read_labels
+from data.transforms import normalize_uint8_batch, resize_batch_uint8
+from data.voc0712 import VOC_CLASSES
 from utils.errors import UserError
+from utils.io import atomic_write
+from utils.labels import are_placeholders
+from utils.metrics.coco import coco_evaluate, detections_to_coco, load_coco_gt, write_coco_results
 from utils.metrics.voc import (ClassDetections, evaluate, load_annotations, read_voc_results, to_voc_boxes,
                             write_voc_results)
 
@@ -92,7 +100,7 @@ def class_mapping(model_names: Sequence[str], dataset_names: Sequence[str]) -> n
     mine = [str(n).strip().lower() for n in model_names]
     if all(n in index for n in mine) and len(set(mine)) == len(mine):
         return np.array([0] + [index[n] for n in mine], dtype=np.int64)
-    if len(mine) == len(key) and all(n.startswith("class_") for n in mine):
+    if len(mine) == len(key) and are_placeholders(mine):
         warnings.warn("the checkpoint carries no class names; assuming the dataset's class order", stacklevel=2)
         return np.arange(len(key) + 1, dtype=np.int64)
     missing = [n for n in model_names if str(n).strip().lower() not in index]
@@ -107,27 +115,25 @@ def collect_detections(predictor: Any, dataset: Any, batch_size: int = 8, num_wo
     """Run ``predictor`` over ``dataset`` (items in order) and gather all detections.
 
     ``dataset`` needs ``pull_image(i)``, ``image_id(i)``, ``class_names`` and ``len``. Errors from loader
-    workers that are UserErrors come back as one line.
+    workers that are UserErrors come back as one line. ``batch_size`` < 1 or ``num_workers`` < 0 is a
+    ValueError (a caller's bug: the CLIs validate their flags); an empty dataset is a UserError.
     """
     if batch_size < 1:
-        raise UserError(f"--batch_size must be at least 1, got {batch_size}", code=2)
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
     if num_workers < 0:
-        raise UserError(f"--num_workers must be 0 or more, got {num_workers}", code=2)
+        raise ValueError(f"num_workers must be 0 or more, got {num_workers}")
     n = len(dataset) if max_images is None else min(len(dataset), int(max_images))
     if n == 0:
-        raise UserError("the evaluation set has no images — check --set / the split file")
+        raise UserError("the evaluation set has no images — check the image set's split file")
     mapping = class_mapping(predictor.class_names, dataset.class_names)
     device = getattr(predictor, "device", torch.device("cpu"))
     loader = tud.DataLoader(_ResizedImages(dataset, predictor.size, range(n)), batch_size=batch_size,
                             shuffle=False, num_workers=num_workers, collate_fn=_collate,
                             pin_memory=(torch.device(device).type == "cuda") if num_workers > 0 else None)
-    from data.transforms import normalize_uint8_batch
-
     image_ids = [str(dataset.image_id(i)) for i in range(n)]
     parts: Dict[str, List[np.ndarray]] = {"index": [], "boxes": [], "scores": [], "labels": []}
     bar = None
     if progress:
-        from tqdm import tqdm
         bar = tqdm(total=n, unit="img", desc="detect", dynamic_ncols=True)
     start = time.perf_counter()
     try:
@@ -142,7 +148,6 @@ def collect_detections(predictor: Any, dataset: Any, batch_size: int = 8, num_wo
             if bar is not None:
                 bar.update(len(positions))
     except UserError as exc:  # from a worker: its traceback text is the message; keep the last line
-        from data.common import unwrap_worker_error
         raise (unwrap_worker_error(exc) or exc) from None
     finally:
         if bar is not None:
@@ -179,23 +184,19 @@ def voc_ground_truth(dataset_name: str, root: str, set_name: str,
     Used to score results files (``--results_dir``). ``root`` is the VOCdevkit folder (or the VOC<year>
     folder itself) for VOC, the dataset folder (with labels.txt) for custom.
     """
-    from data.common import check_dir, read_split
-
     key = dataset_name.strip().lower()
-    check_dir(root, "dataset root", "pass --dataset_root (or --voc_root) pointing at the dataset")
+    check_dir(root, "dataset root", "give the folder that holds the dataset")
     if key == "voc":
-        from data.voc0712 import VOC_CLASSES
         folder = root if os.path.isdir(os.path.join(root, "Annotations")) else os.path.join(root, f"VOC{year}")
         check_dir(folder, f"VOC{year} folder", f"the VOCdevkit root {root} needs a VOC{year}/ folder "
-                                               "(or choose another --year)")
+                                               "(or choose another year)")
         names = list(VOC_CLASSES)
     elif key == "custom":
-        from data.custom import read_labels
         folder = root
         names = read_labels(root)
     else:
-        raise UserError(f"results files can be scored for --dataset VOC or custom, not {dataset_name} "
-                        "(COCO results are scored from the results JSON)", code=2)
+        raise ValueError(f"devkit results files exist for VOC or custom datasets, not {dataset_name} "
+                         "(COCO results are scored from the results JSON)")
     ann_dir = os.path.join(folder, "Annotations")
     check_dir(ann_dir, "Annotations folder", "a VOC-layout dataset needs Annotations/<id>.xml files")
     ids = read_split(os.path.join(folder, "ImageSets", "Main", f"{set_name}.txt"))
@@ -211,8 +212,6 @@ def coco_json_path(root: str, set_name: str) -> str:
 
 def _coco_scores(coco: Any, records: DetectionRecords, class_names: Sequence[str],
                  results_path: Optional[str]) -> Dict[str, Any]:
-    from utils.metrics.coco import coco_evaluate, detections_to_coco, write_coco_results
-
     ids = np.asarray(records.image_ids, dtype=object)[records.image_index]
     results = detections_to_coco(coco, class_names, list(ids), records.boxes, records.scores, records.labels)
     if results_path:
@@ -293,11 +292,9 @@ def json_summary(result: Dict[str, Any], **extra: Any) -> Dict[str, Any]:
 
 def plot_pr_curves(result: Dict[str, Any], folder: str) -> List[str]:
     """One precision-recall PNG per class (``pr_<class>.png``) from an ``evaluate`` result. Needs matplotlib."""
-    import matplotlib
+    import matplotlib  # optional, heavy: deferred to the call
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
-
-    from utils.io import atomic_write
 
     os.makedirs(folder, exist_ok=True)
     paths = []
@@ -323,11 +320,9 @@ def plot_pr_curves(result: Dict[str, Any], folder: str) -> List[str]:
 
 
 def _read_coco_results(path: str) -> List[Dict[str, Any]]:
-    import json
-
     if not os.path.isfile(path):
-        raise UserError(f"COCO results file missing: {path} — run eval.py with a model to write it, or point "
-                        "--results_dir at the folder holding it")
+        raise UserError(f"COCO results file missing: {path} — evaluate a model to write it, or score the folder "
+                        "holding it")
     try:
         with open(path, "r", encoding="utf-8") as fh:
             results = json.load(fh)
@@ -349,15 +344,12 @@ def score_results(results_dir: str, dataset_name: str, root: str, set_name: str 
     COCO: ``coco_results_<set>.json`` against ``<root>/annotations/instances_<set>.json``.
     Returns the same dict as :func:`evaluate_model` (``images_per_second`` None).
     """
-    from utils.metrics.coco import coco_evaluate, load_coco_gt
-
     if not os.path.isdir(results_dir):
-        raise UserError(f"results folder not found: {results_dir} — pass the folder eval.py wrote its "
+        raise UserError(f"results folder not found: {results_dir} — give the folder the evaluation wrote its "
                         "comp4_det_<set>_<class>.txt files to")
     coco_results = os.path.join(results_dir, f"coco_results_{set_name}.json")
     if dataset_name.strip().lower() == "coco":
-        from data.common import check_dir
-        check_dir(root, "dataset root", "pass --dataset_root pointing at the COCO folder")
+        check_dir(root, "dataset root", "give the COCO folder (holding annotations/)")
         gt = load_coco_gt(coco_json_path(root, set_name))
         names = [c["name"] for c in sorted(gt.dataset["categories"], key=lambda c: c["id"])]
         stats = coco_evaluate(gt, _read_coco_results(coco_results), per_class_names=names)

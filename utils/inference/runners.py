@@ -1,9 +1,10 @@
-"""Run models exported by :mod:`utils.deploy.export` (ONNX Runtime or TorchScript) behind the shared inference path.
+"""Run exported models (``python -m utils.export``: ONNX Runtime or TorchScript) behind the shared inference path.
 
 A runner is a callable ``x [B, 3, S, S] float32 (preprocessed) → detections [B, C, top_k, 5]`` (relative
-coordinates, :class:`layers.detection.Detect`'s layout), i.e. what :class:`utils.inference.predictor.Predictor` expects of a
-model. Files exported with ``--with-nms`` already produce that tensor; for raw exports (``loc``, ``scores``,
-``priors``) the runner applies the PyTorch :class:`~layers.detection.Detect` with the thresholds stored in the file.
+coordinates, :class:`layers.detection.Detect`'s layout), i.e. what :class:`utils.inference.predictor.Predictor`
+expects of a model. Files exported with ``--with-nms`` already produce that tensor; for raw exports (``loc``,
+``scores``, ``priors``) the runner applies the PyTorch :class:`~layers.detection.Detect` with the thresholds stored
+in the file. The file format (metadata, input/output names) is :mod:`utils.loading.exported`.
 
 ``onnxruntime`` is an optional dependency: it is imported only when an ONNX runner is built, and its absence is a
 :class:`~utils.errors.UserError` with the install command.
@@ -15,7 +16,9 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from layers.detection import Detect
 from utils.errors import UserError
+from utils.loading.exported import INPUT_NAME, load_torchscript, parse_metadata
 
 ORT_MISSING = "onnxruntime is not installed: pip install onnxruntime"
 
@@ -34,7 +37,7 @@ class ExportedRunner:
     Subclasses implement :meth:`_run` (one batch of the graph's own batch size → its outputs as CPU tensors).
 
     Args:
-        meta: parsed export metadata (:func:`utils.deploy.export.parse_metadata`).
+        meta: parsed export metadata (:func:`utils.loading.exported.parse_metadata`).
         top_k, conf_thresh, nms_thresh: Detect settings (default: those stored in the file). Files with NMS in
             the graph accept a smaller ``top_k`` and a higher ``conf_thresh`` (applied after the graph, same result
             as Detect with those values); anything else is a UserError asking to re-export.
@@ -42,8 +45,6 @@ class ExportedRunner:
 
     def __init__(self, meta: Dict[str, Any], path: str, top_k: Optional[int] = None,
                  conf_thresh: Optional[float] = None, nms_thresh: Optional[float] = None) -> None:
-        from layers.detection import Detect
-
         self.path = path
         self.meta = meta
         self.size: int = meta["size"]
@@ -126,8 +127,6 @@ class OnnxRunner(ExportedRunner):
     def __init__(self, path: str, providers: Sequence[str] = ("CPUExecutionProvider",), sess_options: Any = None,
                  top_k: Optional[int] = None, conf_thresh: Optional[float] = None,
                  nms_thresh: Optional[float] = None) -> None:
-        from utils.deploy.export import INPUT_NAME, parse_metadata
-
         ort = _import_onnxruntime()
         if not os.path.isfile(path):
             raise UserError(f"ONNX model not found: {path} — check the path or export one with "
@@ -148,12 +147,12 @@ class OnnxRunner(ExportedRunner):
 
 
 class TorchScriptRunner(ExportedRunner):
-    """An exported TorchScript SSD (``--format torchscript``): same contract as :class:`OnnxRunner`."""
+    """An exported TorchScript SSD (``--format torchscript``): same contract as :class:`OnnxRunner`, run on the CPU.
+
+    Files with NMS call ``torchvision::nms``: registered here by :mod:`layers.box_utils`' torchvision import."""
 
     def __init__(self, path: str, top_k: Optional[int] = None, conf_thresh: Optional[float] = None,
                  nms_thresh: Optional[float] = None) -> None:
-        from utils.deploy.export import load_torchscript
-
         self.module, meta = load_torchscript(path)
         super().__init__(meta, path, top_k, conf_thresh, nms_thresh)
 
@@ -181,33 +180,3 @@ def default_providers(device: Optional[torch.device] = None) -> List[str]:
             return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
-
-def predictor_from_onnx(path: str, class_names: Optional[Sequence[str]] = None, score_threshold: float = 0.0,
-                        providers: Optional[Sequence[str]] = None, top_k: Optional[int] = None,
-                        conf_thresh: Optional[float] = None, nms_thresh: Optional[float] = None,
-                        sess_options: Any = None, device: Optional[torch.device] = None, amp: bool = False,
-                        size: Optional[int] = None, num_classes: Optional[int] = None,
-                        channels_last: Optional[bool] = None, predictor_cls: Any = None) -> Any:
-    """A :class:`utils.inference.predictor.Predictor` running an exported ``.onnx`` file on ONNX Runtime.
-
-    Takes the keyword arguments of ``Predictor.from_checkpoint`` so callers can dispatch on the file type:
-    class names and input size come from the file's metadata (``class_names`` overrides the names; ``size`` and
-    ``num_classes``, when given, must agree with the file). ``device`` only picks the execution provider (CUDA
-    when this onnxruntime has it, else CPU); ``amp`` and ``channels_last`` are accepted but ignored — the
-    exported graph runs in fp32. Detections are returned on the CPU.
-    """
-    from utils.inference.predictor import Predictor
-
-    del amp, channels_last  # fp32 graph; ONNX Runtime picks its own memory layout
-    runner = OnnxRunner(path, providers or default_providers(device), sess_options, top_k, conf_thresh, nms_thresh)
-    if size is not None and size != runner.size:
-        raise UserError(f"{path} is an SSD{runner.size} export, but --size {size} was asked for — use "
-                        f"--size {runner.size} (or export again at {size})", code=2)
-    if num_classes is not None and num_classes != runner.num_classes:
-        raise UserError(f"{path} has {runner.num_classes} classes, but {num_classes} were asked for", code=2)
-    names = list(class_names) if class_names is not None else runner.class_names
-    if len(names) != runner.num_classes - 1:
-        raise UserError(f"{len(names)} class names given for a model with {runner.num_classes - 1} classes ({path})")
-    cls = predictor_cls or Predictor
-    # the runner takes CPU tensors (numpy in, numpy out), so the Predictor itself stays on the CPU
-    return cls(runner, names, runner.size, torch.device("cpu"), False, score_threshold, False)

@@ -1,0 +1,112 @@
+"""The network a run trains: built from its :class:`~utils.loading.config.ModelConfig`, then given its starting
+weights (a resumed checkpoint, the ImageNet VGG-16 base network, or none), then partly frozen (``--freeze``)."""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Set
+
+from ssd import SSD
+from utils.errors import UserError
+from utils.loading.checkpoint import check_finite, load_basenet, load_into, split_checkpoint
+from utils.loading.config import ModelConfig
+from utils.training.logs import info, note
+from utils.training.optim import freeze_vgg
+from utils.training.resume import ResumeSource, check_resume_architecture
+
+
+@dataclass
+class Start:
+    """Where the run starts: the first iteration, and whether pre-trained weights were loaded into a fresh run
+    (ImageNet VGG or a bare state_dict; that decides ``--freeze auto``)."""
+
+    iteration: int = 0
+    pretrained: bool = False
+
+
+def build_model(config: ModelConfig, background_prior: float) -> SSD:
+    """A train-phase SSD; ``background_prior`` > 0 starts the confidence heads at that P(background) (any
+    checkpoint loaded afterwards overwrites these biases)."""
+    model = config.build("train")
+    if background_prior > 0:
+        model.init_background_prior(background_prior)
+    return model
+
+
+def load_resumed_weights(model: SSD, config: ModelConfig, resume: ResumeSource, class_names: List[str],
+                         s: argparse.Namespace, explicit: Set[str], main: bool) -> Start:
+    """Load ``--resume``'s weights into ``model`` after checking that they fit; the iteration to start at."""
+    path, ckpt = resume.path, resume.checkpoint
+    state, meta = split_checkpoint(ckpt, path)
+    check_finite(state, path)
+    check_resume_architecture(ModelConfig.from_state(state, meta.get("config"), path), config, path)
+    load_into(model, state, path)
+    del state
+    if resume.full:
+        start = Start(int(ckpt.get("iteration", 0)), pretrained=False)
+        names = ckpt.get("class_names")
+        if names is not None and list(names) != class_names:
+            raise UserError(f"checkpoint {path} was trained on classes {list(names)[:5]}... but the "
+                            f"dataset has {class_names[:5]}... — resume with the same dataset")
+        if "start_iter" in explicit and s.start_iter != start.iteration:
+            note(f"--start_iter {s.start_iter} ignored: {path} continues at iteration {start.iteration}", main)
+    else:
+        start = Start(s.start_iter, pretrained=True)
+    info(f"resumed from {path} at iteration {start.iteration}"
+         f"{'' if resume.full else ' (weights only: a bare state_dict)'}", main)
+    return start
+
+
+def basenet_path(basenet: str, save_folder: str) -> str:
+    """``--basenet`` looked up in ``--save_folder``, then as a path; a one-line error says how to make it."""
+    for cand in (os.path.join(save_folder, basenet), basenet):
+        if os.path.isfile(cand):
+            return cand
+    raise UserError(
+        f"base network not found: {os.path.join(save_folder, basenet)} — make it from torchvision's ImageNet "
+        f"VGG-16 with `python -m weights.convert_vgg vgg16-397923af.pth -o "
+        f"{os.path.join(save_folder, 'vgg16_reducedfc.pth')} --fold-input-norm` (see weights/README.md; or put "
+        "ssd.pytorch's vgg16_reducedfc.pth there), or pass --basenet none to train from scratch")
+
+
+def load_base_network(model: SSD, s: argparse.Namespace, main: bool) -> Start:
+    """A fresh run: the ImageNet VGG-16 base network (the paper's model by default), or from scratch."""
+    basenet = s.basenet
+    paper_model = s.width == 1.0 and not s.batch_norm and s.stem == "vgg"
+    if basenet is None:
+        basenet = "vgg16_reducedfc.pth" if paper_model else "none"
+    if str(basenet).lower() == "none":
+        info("training from scratch (--basenet none)", main)
+        return Start(s.start_iter, pretrained=False)
+    path = basenet_path(basenet, s.save_folder)
+    if not paper_model:
+        extra = f"{' --batch_norm' if s.batch_norm else ''}{' --stem ' + s.stem if s.stem != 'vgg' else ''}"
+        raise UserError(f"--basenet {path} holds the paper's VGG-16; it does not fit --width {s.width}{extra}"
+                        " — pass --basenet none to train from scratch")
+    load_basenet(model, path)
+    info(f"loaded base network {path}", main)
+    return Start(s.start_iter, pretrained=True)
+
+
+def load_start_weights(model: SSD, config: ModelConfig, resume: Optional[ResumeSource], class_names: List[str],
+                       s: argparse.Namespace, explicit: Set[str], main: bool) -> Start:
+    """Starting weights from ``--resume`` or ``--basenet``; refuses a start at or past ``--max_iter``."""
+    if resume is not None:
+        start = load_resumed_weights(model, config, resume, class_names, s, explicit, main)
+    else:
+        start = load_base_network(model, s, main)
+    if start.iteration >= s.max_iter:
+        raise UserError(f"nothing to train: the run starts at iteration {start.iteration} and --max_iter is "
+                        f"{s.max_iter} — raise --max_iter to continue", code=2)
+    return start
+
+
+def apply_freeze(model: SSD, s: argparse.Namespace, pretrained: bool, main: bool) -> None:
+    """``--freeze`` (``auto``: conv2 on pre-trained weights, none from scratch; decided here and stored in ``s``)."""
+    if s.freeze == "auto":
+        s.freeze = "conv2" if pretrained else "none"
+    frozen = freeze_vgg(model, s.freeze)
+    if frozen:
+        info(f"frozen: VGG up to {s.freeze}_{2 if s.freeze != 'conv3' else 3} ({frozen / 1e6:.2f} M parameters; "
+             "--freeze none trains them)", main)
