@@ -14,7 +14,7 @@ import pytest
 
 import object_detection as od
 from tests.video_helpers import NoDetections, audio_codec, audio_end, count_frames, ffmpeg, make_clip
-from utils.errors import run_cli
+from utils.errors import UserError, run_cli
 from utils.media.detect import detect_video
 from utils.media.video_reader import VideoReader
 from utils.media.video_writer import VideoWriter
@@ -132,8 +132,8 @@ def test_full_disk_while_adding_the_sound_is_an_error_that_keeps_the_silent_vide
         code, err = _cli([model, src, "-o", out, "--json", js, "--no-progress", "--device", "cpu"])
         lines = err.strip().splitlines()
         assert code == 1 and len(lines) == 1, err
-        assert lines[0].startswith(f"error: no space left on device while writing the sound of {out}")
-        assert "kept the video without sound" in lines[0] and js in lines[0]
+        assert lines[0].startswith(f"error: no space left on device while writing {out} — ")
+        assert f"the video was kept without sound, and the detections in {js}" in lines[0]
         assert sorted(os.listdir(disk)) == ["out.json", "out.mkv"]  # no temporary file left behind
         assert count_frames(out) == 10 and audio_codec(out) is None
         assert len(json.load(open(js))["frames"]) == 10
@@ -144,11 +144,11 @@ def test_full_disk_while_encoding_leaves_nothing(tmp_path):
     src = make_clip(tmp_path / "in.mp4", seconds=1, fps=10, audio=True)
     with small_disk(tmp_path / "disk", "8k") as disk:
         frames = np.random.default_rng(0).integers(0, 255, (40, 96, 128, 3), dtype=np.uint8)  # noise: big
-        with pytest.raises(Exception) as info:
+        with pytest.raises(UserError) as info:
             with VideoWriter(str(disk / "out.mp4"), 128, 96, 10, audio_from=src, crf=0) as writer:
                 for frame in frames:
                     writer.write(frame)
-        assert str(info.value).startswith(f"no space left on device while writing {disk / 'out.mp4'}")
+        assert info.value.message.startswith(f"no space left on device while writing {disk / 'out.mp4'} — ")
         assert os.listdir(disk) == []
 
 

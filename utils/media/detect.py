@@ -104,8 +104,8 @@ def detect_video(predictor: Any, source: Any, output: str, *, threshold: float =
         except SoundNotWritten as exc:  # the silent video is in place: let the JSON be written too
             sound_error = exc
     if sound_error is not None:
-        kept = f"kept the video without sound and {json_path}" if json_path else "kept the video without sound"
-        raise SoundNotWritten(sound_error.message.replace("kept the video without sound", kept)) from None
+        raise SoundNotWritten(output, "the video was kept without sound" + (
+            f", and the detections in {json_path}" if json_path else "")) from None
     return Summary(frames=frames, seconds=time.perf_counter() - start, output=output, json_path=json_path,
                    per_class=dict(annotate.counts), notes=list(writer.notes) + _source_notes(source, audio))
 

@@ -10,7 +10,7 @@ from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
-from utils.errors import UserError
+from utils.errors import NoSpaceError, UserError, no_space_error, says_no_space
 from utils.io import atomic_write
 from utils.media.ffmpeg import (OWN_SESSION, VIDEO_EXTENSIONS, StderrTail, ffmpeg_exe, last_error_line,
                                 probe_audio_codecs, stop_process)
@@ -70,12 +70,12 @@ def _umask_mode(mode: int = 0o666) -> int:
     return mode & ~umask
 
 
-def _no_space(text: str) -> bool:
-    return "No space left on device" in text
+class SoundNotWritten(NoSpaceError):
+    """The disk filled up while the sound was being added: the video is in place under ``path`` without sound.
+    ``kept`` says what was saved (the one-line message of ``utils.errors.no_space_error``)."""
 
-
-class SoundNotWritten(UserError):
-    """The disk filled up while the sound was being added: the video is in place without sound."""
+    def __init__(self, path: str, kept: str = "the video was kept without sound") -> None:
+        super().__init__(no_space_error(path, kept=kept).message, path)
 
 
 class VideoWriter:
@@ -178,9 +178,8 @@ class VideoWriter:
         self._stack.close()  # renames the finished file into place, removes the intermediate
 
     def _encode_error(self, reason: str) -> UserError:
-        if _no_space(reason):
-            return UserError(f"no space left on device while writing {self.path} — nothing was written; "
-                             "free some space and run again")
+        if says_no_space(reason):
+            return no_space_error(self.path)
         return UserError(f"could not write video {self.path} ({reason}) — check free disk space and the output path")
 
     def abort(self) -> None:
@@ -213,12 +212,11 @@ class VideoWriter:
                     self.notes.append(f"the input's audio ({', '.join(encoded)}) was re-encoded: {ext} has no "
                                       "standard place for the original codec")
                 return
-            if _no_space(log):
+            if says_no_space(log):
                 break
-        if _no_space(log):
+        if says_no_space(log):
             os.replace(self._video_tmp, self.path)  # complete, only silent: better than nothing
-            raise SoundNotWritten(f"no space left on device while writing the sound of {self.path} — kept the "
-                                  "video without sound; free some space and run again")
+            raise SoundNotWritten(self.path)
         self.notes.append(f"the audio could not be copied ({last_error_line(log)}); the output has no sound")
         os.replace(self._video_tmp, self._final_tmp)
 
