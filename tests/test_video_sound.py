@@ -60,6 +60,14 @@ def test_mkv_with_longer_sound_keeps_frames_and_sound(tmp_path):
     assert audio_codec(out) == "opus" and audio_end(out) == pytest.approx(audio_end(src), abs=0.05)
 
 
+@pytest.mark.parametrize("limit", [dict(max_frames=20), dict(max_seconds=0.8)])
+def test_a_run_cut_short_on_purpose_cuts_the_sound_with_it(tmp_path, limit):
+    src = make_clip(tmp_path / "in.mp4", audio=True, audio_seconds=2)
+    out = str(tmp_path / "out.mp4")
+    detect_video(NoDetections(), VideoReader(src, **limit), out, progress=False)
+    assert count_frames(out) == 20 and audio_end(out) == pytest.approx(0.8, abs=0.05)
+
+
 # --------------------------------------------------------------------------------------------
 # 18.2 audio that plays: copied where the container defines the codec, re-encoded elsewhere
 
