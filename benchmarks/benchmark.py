@@ -23,11 +23,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.bench_export import run_benchmark as run_onnx  # noqa: E402
 from benchmarks.bench_train import check_baseline_matches, random_targets, time_config  # noqa: E402
 from benchmarks.timing import make_frames, timeit  # noqa: E402,F401  (re-exported for older callers)
+from data.synthetic import generate_video  # noqa: E402
 from ssd import build_ssd  # noqa: E402
 from utils.device import amp_dtype, resolve_device  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 from utils.inference import Predictor, open_predictor  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
+from utils.media.detect import detect_video  # noqa: E402
+from utils.media.video_reader import VideoReader  # noqa: E402
 
 SSD300_GFLOP = 62.75  # per 300x300 image (multiply-add = 2 FLOP)
 
@@ -89,10 +92,6 @@ def bench_torchvision(device: torch.device, frames: List[np.ndarray], batch: int
 def bench_video(device: torch.device, weights: Optional[str], reps: int, frames: int = 96,
                 width: int = 480, height: int = 360) -> Dict[str, Any]:
     """object_detection.py's streaming path (decode → batch → predict → draw → encode) vs predict() alone."""
-    import object_detection as od
-    from data.synthetic import generate_video
-    from utils.media.video import VideoReader
-
     if weights:
         pred = open_predictor(weights, device=device, conf_thresh=0.5)
     else:
@@ -108,8 +107,8 @@ def bench_video(device: torch.device, weights: Optional[str], reps: int, frames:
                 pred.predict(decoded[i:i + 8])
 
         def pipeline():
-            od.detect_video(pred, VideoReader(video), os.path.join(tmp, "out.mp4"), threshold=0.5, batch_size=8,
-                            json_path=os.path.join(tmp, "out.json"), progress=False)
+            detect_video(pred, VideoReader(video), os.path.join(tmp, "out.mp4"), threshold=0.5, batch_size=8,
+                         json_path=os.path.join(tmp, "out.json"), progress=False)
 
         t_model = timeit(model_only, device, max(1, reps // 2))
         t_pipe = timeit(pipeline, device, max(1, reps // 2))
