@@ -34,6 +34,7 @@ from utils.media.preview import Preview, check_can_show
 from utils.media.video_reader import VideoReader
 from utils.media.video_writer import DEFAULT_CRF, check_video_output, crf_from_quality
 from utils.media.webcam import WebcamReader
+from weights.hub import resolve_model_path
 
 __all__ = ["build_parser", "detect_images", "detect_video", "main", "plan"]
 
@@ -43,7 +44,7 @@ DEFAULT_OUTPUT = "output.mp4"
 def build_parser() -> argparse.ArgumentParser:
     p = Parser("object_detection.py", description="Detect objects in a video, image, folder of images or webcam "
                                                   "with an SSD and write the annotated result.")
-    p.add_argument("model", metavar="MODEL", help="checkpoint (.pth/.pt) or exported .onnx model")
+    p.add_argument("model", metavar="MODEL", help="checkpoint (.pth/.pt), exported .onnx / TorchScript model, or a pretrained model name (python -m weights list)")
     p.add_argument("input", metavar="INPUT",
                    help="video file, image file, folder of images, a webcam index (0, 1, ...) or a live stream "
                         "(rtsp://, rtmp://, http(s)://, udp://; end it with --max_frames, --max_seconds or Ctrl-C)")
@@ -189,9 +190,10 @@ def class_names_from_flags(args: argparse.Namespace) -> Optional[List[str]]:
 
 def load_predictor(args: argparse.Namespace) -> Any:
     """Open MODEL (checkpoint, .onnx or TorchScript) with the model flags."""
-    model = args.model
+    model = resolve_model_path(args.model)  # a registry name (ssd300-coco, ...) -> the cached file; a path wins
     if not os.path.exists(model):
-        raise UserError(f"model file not found: {model} — check the path")
+        raise UserError(f"model file not found: {model} — check the path, or use a model name from "
+                        "`python -m weights list`")
     if args.size is not None and args.size not in SUPPORTED_SIZES:
         raise UserError(f"--size {args.size} is not supported; use {' or '.join(map(str, SUPPORTED_SIZES))}", code=2)
     device = resolve_device(args.device)
