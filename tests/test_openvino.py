@@ -74,12 +74,11 @@ def test_detections_match_pytorch_detect(setup, precision, kind):
 def test_fp32_predictor_end_to_end_matches_the_torch_predictor(setup, tiny_dataset):
     """uint8 frames → detections in pixels: same pre-processing, Detect and pixel conversion as PyTorch."""
     from data import build_dataset
-    from utils.inference.openvino_runner import predictor_from_openvino
-    from utils.inference.predictor import Predictor
+    from utils.inference import open_predictor
 
     frames = [build_dataset("custom", str(tiny_dataset), "trainval").pull_image(i) for i in range(2)]
-    torch_pred = Predictor.from_checkpoint(setup["ckpt"], score_threshold=0.3)
-    ov_pred = predictor_from_openvino(setup["files"]["nms"], score_threshold=0.3, precision="fp32", threads=1)
+    torch_pred = open_predictor(setup["ckpt"], score_threshold=0.3)
+    ov_pred = open_predictor(setup["files"]["nms"], "openvino", score_threshold=0.3, precision="fp32", threads=1)
     assert ov_pred.class_names == torch_pred.class_names and ov_pred.size == 300
     for ref, got in zip(torch_pred.predict(frames), ov_pred.predict(frames)):
         # a random tiny model scores hundreds of boxes almost alike, so near-ties may keep a few other boxes
@@ -145,15 +144,15 @@ def test_fp32_really_runs_fp32_where_openvino_would_default_to_bf16(setup):
 
 
 def test_size_and_class_count_must_agree_with_the_file(setup):
-    from utils.inference.openvino_runner import predictor_from_openvino
+    from utils.inference import open_predictor
 
     with pytest.raises(UserError, match="SSD300 export, but --size 512"):
-        predictor_from_openvino(setup["files"]["raw"], size=512)
+        open_predictor(setup["files"]["raw"], "openvino", size=512)
     with pytest.raises(UserError, match="has 6 classes, but 21"):
-        predictor_from_openvino(setup["files"]["raw"], num_classes=21)
-    pred = predictor_from_openvino(setup["files"]["raw"], class_names=list("abcde"), device=torch.device("cpu"),
-                                   amp=True)
-    assert pred.class_names == list("abcde")
+        open_predictor(setup["files"]["raw"], "openvino", num_classes=21)
+    pred = open_predictor(setup["files"]["raw"], "openvino", class_names=list("abcde"), device=torch.device("cpu"),
+                          compile=True)
+    assert pred.class_names == list("abcde") and pred.model.precision == "fp32"
 
 
 def test_files_not_exported_by_us_are_refused(tmp_path):
