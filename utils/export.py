@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -86,6 +87,9 @@ def _check_settings(args: argparse.Namespace) -> None:
             raise UserError("--int8 needs --calib DATASET_DIR: images to calibrate the int8 ranges on", code=2)
         if args.calib_images < 1:
             raise UserError(f"--calib_images must be at least 1, got {args.calib_images}", code=2)
+        if not os.path.isdir(args.calib):  # before the export, not after it
+            raise UserError(f"--calib folder not found: {args.calib} — give a dataset folder (labels.txt, "
+                            "JPEGImages/, ImageSets/Main/) or a VOCdevkit", code=2)
     elif args.calib:
         raise UserError("--calib is for --int8 exports; add --int8 (or drop --calib)", code=2)
 
