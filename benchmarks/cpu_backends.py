@@ -233,6 +233,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.quick:
         args.width, args.reps, args.calib_images = 0.125, 1, 2
         args.batches = "1,2" if args.batches == DEFAULT_BATCHES else args.batches
+        print("--quick: a width-1/8 model, one rep: a smoke test of the script, not a measurement (its ratios to "
+              "torchvision compare models of different sizes)", flush=True)
     report = run(args)
     if args.json:
         with atomic_write(args.json, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
