@@ -154,7 +154,7 @@ def add_inference_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default=None,
                         help="arithmetic: fp32; bf16 (PyTorch autocast or OpenVINO; needs a CPU with avx512_bf16 "
                              "or AMX to be fast); int8 (a file written by python -m utils.export MODEL --int8 "
-                             "--calib DATASET_DIR, on onnxruntime or openvino). Default: the file's (int8 for an "
-                             "int8 file, else fp32, bf16 with --amp)")
+                             "--calib DATASET_DIR, on onnxruntime or openvino); if not given, what the file is (int8 "
+                             "for an int8 file, else fp32; bf16 with --amp)")
     parser.add_argument("--threads", type=positive_int, default=None,
-                        help="CPU threads for the model (default: the runtime's own choice)")
+                        help="CPU threads for the model; if not given, the runtime's own choice")

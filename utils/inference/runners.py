@@ -6,6 +6,11 @@ expects of a model. Files exported with ``--with-nms`` already produce that tens
 ``scores``, ``priors``) the runner applies the PyTorch :class:`~layers.detection.Detect` with the thresholds stored
 in the file. The file format (metadata, input/output names) is :mod:`utils.loading.exported`.
 
+Precision is a property of the file: an int8 (QDQ) file from ``python -m utils.export MODEL --int8 --calib DIR``
+carries ``precision = int8`` in its metadata (:func:`file_precision`) and runs only as int8; the precision checks
+shared with :mod:`utils.inference.openvino_runner` live here (:func:`check_file_precision`). The OpenVINO runner is
+:class:`utils.inference.openvino_runner.OpenVinoRunner`; :func:`utils.inference.open_predictor` picks the runner.
+
 ``onnxruntime`` is an optional dependency: it is imported only when an ONNX runner is built, and its absence is a
 :class:`~utils.errors.UserError` with the install command.
 """
