@@ -305,3 +305,18 @@ def test_eval_inference_flag_errors_are_one_line_usage_errors(backend_files, tin
     assert exit_info.value.code == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+def test_precisions_this_cpu_lacks_run_with_a_one_line_warning(backend_files, monkeypatch):
+    """PyTorch emulates bf16 and ONNX Runtime runs int8 without VNNI: both work, slowly, and say why (OpenVINO's
+    bf16, which would silently run fp32, is refused instead: test_openvino.py)."""
+    import utils.inference.opener as opener
+    import utils.inference.runners as runners
+
+    monkeypatch.setattr(opener, "precision_problem", lambda p: f"this CPU has no {p} instructions (test)")
+    with pytest.warns(UserWarning, match=r"^--precision bf16: this CPU has no bf16 instructions \(test\)$"):
+        assert open_predictor(backend_files["checkpoint"], precision="bf16").amp
+    if "int8" in backend_files:
+        monkeypatch.setattr(runners, "precision_problem", lambda p: f"this CPU has no {p} instructions (test)")
+        with pytest.warns(UserWarning, match=r"^--precision int8: this CPU has no int8 instructions \(test\)$"):
+            open_predictor(backend_files["int8"])
