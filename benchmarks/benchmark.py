@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_export import run_benchmark as run_onnx  # noqa: E402
 from benchmarks.bench_train import check_baseline_matches, random_targets, time_config  # noqa: E402
+from benchmarks.machine import machine_info, machine_summary  # noqa: E402
 from benchmarks.timing import make_frames, timeit  # noqa: E402,F401  (re-exported for older callers)
 from data.synthetic import generate_video  # noqa: E402
 from ssd import build_ssd  # noqa: E402
@@ -201,13 +202,14 @@ def main(argv=None) -> int:
         sections -= {"train", "video", "onnx"}
     frames = make_frames(max(batches))
     fast_dtype = amp_dtype(device)
-    result: Dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads":
-                    torch.get_num_threads(), "device": str(device),
+    # the machine by name (CPU model, cores, threads, AMX / AVX-512 bf16 / VNNI / AVX2): figures from different CPUs
+    # are never comparable, so every output says which one it came from (issue 19)
+    machine = machine_info()
+    machine.update({"processor": platform.processor(), "threads": torch.get_num_threads(), "device": str(device),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                    "torch": torch.__version__, "amp_dtype": str(fast_dtype)},
-        "reps": reps,
-    }
+                    "amp_dtype": str(fast_dtype)})
+    result: Dict[str, Any] = {"machine": machine, "machine_summary": machine_summary(machine), "reps": reps}
+    print(f"machine: {result['machine_summary']}")
     print(f"device {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | median of {reps}")
     if "conv" in sections:
         result["conv_ceiling_fp32"] = conv_ceiling(device, torch.float32, reps, max(batches))
