@@ -145,7 +145,10 @@ def _openvino_bf16() -> bool:
     if not _has("openvino"):
         return False
     import openvino
-    return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+    from utils.inference.openvino_runner import keep_signal_stack
+    with keep_signal_stack():
+        return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 needs_ort = pytest.mark.skipif(not (_has("onnxruntime") and _has("onnx")), reason="onnxruntime/onnx not installed")

@@ -25,7 +25,9 @@ def setup(make_checkpoint, tiny_dataset, tmp_path_factory):
 
 
 def _has_bf16() -> bool:
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    from utils.inference.openvino_runner import keep_signal_stack
+    with keep_signal_stack():
+        return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def _runner(path, precision=None):
@@ -200,7 +202,9 @@ def test_in_graph_nms_adds_no_error_beyond_the_networks(setup, precision):
 
 def test_an_openvino_ir_saved_from_the_onnx_keeps_metadata_and_results(setup, tmp_path):
     xml = str(tmp_path / "model.xml")
-    ov.save_model(ov.Core().read_model(setup["files"]["raw_int8"]), xml, compress_to_fp16=False)
+    from utils.inference.openvino_runner import keep_signal_stack
+    with keep_signal_stack():
+        ov.save_model(ov.Core().read_model(setup["files"]["raw_int8"]), xml, compress_to_fp16=False)
     ir, onnx_file = _runner(xml), _runner(setup["files"]["raw_int8"])
     assert ir.precision == "int8" and ir.class_names == onnx_file.class_names and ir.size == 300
     assert torch.allclose(ir(setup["images"]), onnx_file(setup["images"]), atol=1e-5)
@@ -266,3 +270,25 @@ def test_eval_cli_runs_openvino_int8_end_to_end_close_to_the_fp32_map(make_check
     assert set(results["ov-int8"]["ap"]) == set(names)
     assert results["ov-fp32"]["mAP"] == pytest.approx(results["torch"]["mAP"], abs=1e-6)
     assert abs(results["ov-int8"]["mAP"] - results["torch"]["mAP"]) <= 0.10
+
+
+def _signal_stack():
+    import ctypes
+
+    from utils.inference.openvino_runner import _SignalStack
+    stack = _SignalStack()
+    ctypes.CDLL(None).sigaltstack(None, ctypes.byref(stack))
+    return stack.ss_sp, stack.ss_flags, stack.ss_size
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="sigaltstack is checked on Linux")
+def test_running_openvino_leaves_the_threads_signal_stack_as_it_was(setup):
+    """OpenVINO's CPU plugin installs an alternate signal stack on the calling thread and may free it while it is
+    installed; a later signal with a Python handler (SA_ONSTACK, e.g. the DataLoader's SIGCHLD) then killed the
+    process with SIGSEGV. The runner restores the thread's own stack around every OpenVINO call."""
+    before = _signal_stack()
+    runner = _runner(setup["files"]["raw"], "fp32")
+    runner(setup["images"])
+    assert _signal_stack() == before
+    del runner
+    assert _signal_stack() == before

@@ -24,8 +24,11 @@ faster than dynamic ones); files with a fixed batch are run in chunks of it by :
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple
+import sys
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -38,6 +41,31 @@ from utils.loading.exported import parse_metadata
 OPENVINO_MISSING = "openvino is not installed: pip install openvino (needed for --backend openvino)"
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 MAX_COMPILED = 4  # batch sizes kept compiled at once
+
+
+class _SignalStack(ctypes.Structure):
+    _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+
+@contextlib.contextmanager
+def keep_signal_stack() -> Iterator[None]:
+    """Run OpenVINO calls without letting them change this thread's alternate signal stack (Linux).
+
+    OpenVINO's CPU plugin installs an alternate signal stack on the calling thread and can free it while it is still
+    installed. Python installs its signal handlers with SA_ONSTACK, so the next handled signal (e.g. the SIGCHLD that
+    PyTorch's DataLoader listens for) was delivered onto freed memory and the process died with SIGSEGV
+    (si_code SI_KERNEL) — seen in the test suite after the OpenVINO tests, while waiting on a subprocess.
+    """
+    if not sys.platform.startswith("linux"):
+        yield
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    saved = _SignalStack()
+    libc.sigaltstack(None, ctypes.byref(saved))
+    try:
+        yield
+    finally:
+        libc.sigaltstack(ctypes.byref(saved), None)
 
 
 def import_openvino() -> Any:
@@ -86,9 +114,10 @@ class OpenVinoRunner(ExportedRunner):
                             "`python -m utils.export MODEL --format onnx -o FILE`")
         if threads is not None and threads < 1:
             raise UserError(f"--threads must be at least 1, got {threads}", code=2)
-        self.core = ov.Core()
         try:
-            self.model = self.core.read_model(path)
+            with keep_signal_stack():
+                self.core = ov.Core()
+                self.model = self.core.read_model(path)
         except Exception as exc:  # OpenVINO raises its own RuntimeError subclasses for unreadable files
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot load {path} with OpenVINO: {first} — export it again") from None
@@ -97,7 +126,9 @@ class OpenVinoRunner(ExportedRunner):
         super().__init__(meta, path, top_k, conf_thresh, nms_thresh)
         kind = file_precision(props)
         self.precision = precision or kind
-        check_precision(self.precision, kind, path, self.core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+        with keep_signal_stack():
+            capabilities = self.core.get_property(device, "OPTIMIZATION_CAPABILITIES")
+        check_precision(self.precision, kind, path, capabilities)
         self.device = device
         self.config: Dict[str, Any] = {"INFERENCE_PRECISION_HINT": _HINTS[self.precision],
                                        "PERFORMANCE_HINT": "LATENCY"}
@@ -110,6 +141,10 @@ class OpenVinoRunner(ExportedRunner):
 
     def _request(self, batch: int) -> Any:
         """An infer request of the graph compiled for ``batch`` images (compiled on first use, a few kept)."""
+        with keep_signal_stack():
+            return self._compiled_request(batch)
+
+    def _compiled_request(self, batch: int) -> Any:
         if batch not in self._compiled:
             if len(self._compiled) >= MAX_COMPILED:
                 self._compiled.pop(next(iter(self._compiled)))
@@ -123,7 +158,8 @@ class OpenVinoRunner(ExportedRunner):
 
     def _run(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         request = self._request(int(x.shape[0]))
-        request.infer({0: x.numpy()}, share_inputs=True)  # synchronous: x outlives the call
+        with keep_signal_stack():
+            request.infer({0: x.numpy()}, share_inputs=True)  # synchronous: x outlives the call
         # copies: the request's output buffers are reused by the next call
         return tuple(torch.from_numpy(np.array(request.get_output_tensor(i).data, copy=True))
                      for i in self.output_index)
