@@ -33,7 +33,7 @@ def pretrained(make_checkpoint, tmp_path_factory):
     """A trained-looking SSD (width 0.125, BatchNorm, COCO default boxes) on other classes that records
     torchvision's post-processing conventions, as the converted ssd300-coco does."""
     ckpt = read_checkpoint(make_checkpoint(batch_norm=True, class_names=SOURCE_NAMES, prior_config="COCO", seed=5))
-    ckpt["config"].update({k: v for k, v in TORCHVISION.items() if k != "input_order"})
+    ckpt["config"].update(TORCHVISION)
     path = str(tmp_path_factory.mktemp("pretrained") / "shapes.pth")
     save_checkpoint(ckpt, path)
     return path
