@@ -120,7 +120,8 @@ def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, A
     if args.json_path:  # before the (long) evaluation, not after it
         _check_output_folder(os.path.dirname(os.path.abspath(args.json_path)), "--json folder")
     predictor = open_predictor(args.trained_model, args.backend, device=device, amp=args.amp, compile=args.compile,
-                               size=args.size, top_k=args.top_k, conf_thresh=args.confidence_threshold)
+                               size=args.size, top_k=args.top_k, conf_thresh=args.confidence_threshold,
+                               precision=args.precision, threads=args.threads)
     # keep_difficult: the devkit scores difficult objects as "ignore", so they must be loaded
     dataset = build_dataset(args.dataset, root, set_name, transform=None, keep_difficult=True, year=args.year)
     if len(dataset) == 0:

@@ -7,236 +7,47 @@ overlapped in three stages with bounded queues, so memory stays flat for any vid
 input's fps, size (odd sizes included) and audio are kept. ``--json`` writes every frame's
 detections (frame index, time, class, score, box in pixels).
 
-The functions ``detect_video`` / ``detect_images`` take any predictor object with
-``.predict(list of RGB uint8 [H, W, 3]) -> list of detections`` (``.boxes [n, 4]`` xyxy pixels,
-``.scores [n]``, ``.labels [n]`` in 1..C-1) and ``.class_names``; ``main`` builds one from a
-checkpoint with ``utils.inference.predictor.Predictor``.
+This script parses flags, checks inputs and outputs, opens the model (``utils.inference.open_predictor``) and
+calls the drivers in ``utils.media.detect`` (``detect_video`` / ``detect_images``), which take any predictor.
 """
 from __future__ import annotations
 
 import argparse
-import collections
-import contextlib
-import json
 import os
-import shutil
-import sys
-import tempfile
-import time
-from dataclasses import dataclass, field
-from typing import IO, Any, Dict, List, Optional, Sequence, Tuple
+import signal
+from dataclasses import dataclass
+from typing import Any, List, Optional, Sequence
 
-import numpy as np
-
-from utils.media.draw import draw_detections
+from data.coco import COCO_CLASSES
+from data.config import SUPPORTED_SIZES
+from data.voc0712 import VOC_CLASSES
 from utils import cli
 from utils.cli import Parser, add_inference_flags
+from utils.device import resolve_device
 from utils.errors import UserError, run_cli
-from utils.io import atomic_write
-from utils.media.video import (DEFAULT_CRF, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReader, VideoWriter,
-                         WebcamReader, check_video_output, crf_from_quality, is_image_path, iter_images,
-                         list_images, run_pipeline, write_image)
+from utils.inference import open_predictor
+from utils.labels import read_class_names
+from utils.media.detect import detect_images, detect_video
+from utils.media.ffmpeg import VIDEO_EXTENSIONS, is_stream_url
+from utils.media.images import IMAGE_EXTENSIONS, is_image_path, list_images
+from utils.media.preview import Preview, check_can_show
+from utils.media.video_reader import VideoReader
+from utils.media.video_writer import DEFAULT_CRF, check_video_output, crf_from_quality
+from utils.media.webcam import WebcamReader
+from weights.hub import resolve_model_path
+
+__all__ = ["build_parser", "detect_images", "detect_video", "main", "plan"]
 
 DEFAULT_OUTPUT = "output.mp4"
 
 
-# --------------------------------------------------------------------------------------------
-# Results: counts, JSON log, summary
-# --------------------------------------------------------------------------------------------
-
-def _numpy(x: Any) -> np.ndarray:
-    if hasattr(x, "detach"):  # a torch tensor from a custom predictor
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def select(dets: Any, threshold: float) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(boxes float32 [k, 4], scores float32 [k], labels int64 [k])`` with score >= threshold."""
-    boxes = _numpy(dets.boxes).astype(np.float32).reshape(-1, 4)
-    scores = _numpy(dets.scores).astype(np.float32).reshape(-1)
-    labels = _numpy(dets.labels).astype(np.int64).reshape(-1)
-    keep = scores >= threshold
-    return boxes[keep], scores[keep], labels[keep]
-
-
-def _name(label: int, class_names: Sequence[str]) -> str:
-    return class_names[label - 1] if 1 <= label <= len(class_names) else f"class_{label}"
-
-
-class DetectionLog:
-    """Streams ``{"...meta", "frames": [{frame, time, detections: [...]}, ...]}`` to a JSON file.
-
-    Written frame by frame (memory stays flat) into a temporary file that is renamed into place
-    only when the run succeeds.
-    """
-
-    def __init__(self, path: str, meta: Dict[str, Any], class_names: Sequence[str]) -> None:
-        self.path = path
-        self.class_names = list(class_names)
-        self._stack = contextlib.ExitStack()
-        tmp = self._stack.enter_context(atomic_write(path, suffix=".json"))
-        self._fh: IO[str] = self._stack.enter_context(open(tmp, "w", encoding="utf-8"))
-        head = json.dumps({**meta, "class_names": self.class_names})
-        self._fh.write(head[:-1] + ', "frames": [')
-        self._first = True
-
-    def add(self, index: int, boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
-            **extra: Any) -> None:
-        dets = [{"class": _name(int(l), self.class_names), "label": int(l), "score": round(float(s), 4),
-                 "box": [round(float(v), 2) for v in b]} for b, s, l in zip(boxes, scores, labels)]
-        entry = {"frame": index, **extra, "detections": dets}
-        self._fh.write(("\n" if self._first else ",\n") + json.dumps(entry))
-        self._first = False
-
-    def __enter__(self) -> "DetectionLog":
-        return self
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is None:
-            self._fh.write("\n]}\n")
-        self._stack.__exit__(exc_type, exc, tb)
-
-
-@dataclass
-class Summary:
-    frames: int = 0
-    seconds: float = 0.0
-    output: str = ""
-    json_path: Optional[str] = None
-    per_class: Dict[str, int] = field(default_factory=dict)
-    notes: List[str] = field(default_factory=list)
-
-    def lines(self, threshold: float) -> List[str]:
-        rate = self.frames / self.seconds if self.seconds > 0 else 0.0
-        counts = ", ".join(f"{k} {v}" for k, v in sorted(self.per_class.items(), key=lambda kv: (-kv[1], kv[0])))
-        out = [f"frames: {self.frames} in {self.seconds:.1f} s ({rate:.1f} frames/s)",
-               f"detections (score >= {threshold:g}): {sum(self.per_class.values())}"
-               + (f" — {counts}" if counts else ""),
-               f"output: {self.output}"]
-        if self.json_path:
-            out.append(f"detections json: {self.json_path}")
-        out += [f"note: {n}" for n in self.notes]
-        return out
-
-
-def _progress(total: Optional[int], desc: str, enabled: bool) -> Any:
-    from tqdm import tqdm
-
-    # disable=None: shown on a terminal only, so logs and pipes get the summary and nothing else
-    return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, disable=None if enabled else True,
-                file=sys.stderr)
-
-
-# --------------------------------------------------------------------------------------------
-# The two drivers (any predictor; no CLI parsing)
-# --------------------------------------------------------------------------------------------
-
-def detect_video(predictor: Any, source: Any, output: str, *, threshold: float = 0.6, batch_size: int = 8,
-                 crf: int = DEFAULT_CRF, audio: bool = True, json_path: Optional[str] = None,
-                 progress: bool = True) -> Summary:
-    """Annotate every frame of ``source`` (a VideoReader or WebcamReader) into ``output``.
-
-    Frames keep their order, size and the source's fps; the source's audio is stream-copied when
-    ``audio`` and the source has any. Nothing appears under ``output`` / ``json_path`` unless
-    the whole run succeeds.
-    """
-    check_video_output(output)
-    class_names = list(predictor.class_names)
-    width, height = source.size
-    fps = source.info.fps if isinstance(source, VideoReader) else source.fps
-    has_audio = isinstance(source, VideoReader) and source.info.has_audio
-    total = source.info.n_frames if isinstance(source, VideoReader) else None
-    if total is not None and getattr(source, "max_frames", None):
-        total = min(total, source.max_frames)
-    fps_f = float(fps) if fps > 0 else 25.0
-    counts: collections.Counter = collections.Counter()
-    index = [0]
-    start = time.perf_counter()
-    with contextlib.ExitStack() as stack:
-        # entered first = committed last: the JSON only appears once the video is in place
-        log = stack.enter_context(DetectionLog(json_path, {
-            "input": getattr(source, "path", None), "output": output, "fps": fps_f,
-            "width": width, "height": height, "threshold": threshold}, class_names)) if json_path else None
-        writer = stack.enter_context(VideoWriter(output, width, height, fps, crf=crf,
-                                                 audio_from=source.path if audio and has_audio else None))
-        bar = stack.enter_context(_progress(total, os.path.basename(output), progress))
-
-        def consume(frame: np.ndarray, dets: Any) -> None:
-            boxes, scores, labels = select(dets, threshold)
-            draw_detections(frame, boxes, labels, scores, class_names)
-            writer.write(frame)
-            if log is not None:
-                log.add(index[0], boxes, scores, labels, time=round(index[0] / fps_f, 4))
-            counts.update(_name(int(l), class_names) for l in labels)
-            index[0] += 1
-            bar.update(1)
-
-        stop = source.stop if isinstance(source, WebcamReader) else None
-        frames = run_pipeline(source, predictor.predict, consume, batch_size=batch_size, stop_on_interrupt=stop)
-    summary = Summary(frames=frames, seconds=time.perf_counter() - start, output=output, json_path=json_path,
-                      per_class=dict(counts), notes=list(writer.notes))
-    if isinstance(source, VideoReader) and source.warnings:
-        summary.notes.append(f"ffmpeg reported decoding errors in {source.path} ({source.warnings[-1]}); "
-                             "some frames may show artefacts")
-    return summary
-
-
-def detect_images(predictor: Any, inputs: Sequence[str], outputs: Sequence[str], *, threshold: float = 0.6,
-                  batch_size: int = 8, json_path: Optional[str] = None, progress: bool = True) -> Summary:
-    """Annotate image files ``inputs[i]`` into ``outputs[i]`` (all in one folder).
-
-    Results are staged in a temporary folder and moved into place only when every image
-    succeeded, so a failure (e.g. an unreadable image) leaves no partial output.
-    """
-    if len(inputs) != len(outputs) or not inputs:
-        raise ValueError("inputs and outputs must be non-empty and of equal length")
-    class_names = list(predictor.class_names)
-    out_dir = os.path.dirname(os.path.abspath(outputs[0]))
-    counts: collections.Counter = collections.Counter()
-    index = [0]
-    start = time.perf_counter()
-    staging = tempfile.mkdtemp(prefix=".detect.", dir=cli.nearest_existing_folder(out_dir))
-    try:
-        with contextlib.ExitStack() as stack:
-            log = stack.enter_context(DetectionLog(json_path, {"input": os.path.dirname(inputs[0]) or ".",
-                                                               "output": out_dir, "threshold": threshold},
-                                                   class_names)) if json_path else None
-            bar = stack.enter_context(_progress(len(inputs), "images", progress))
-
-            def consume(image: np.ndarray, dets: Any) -> None:
-                i = index[0]
-                boxes, scores, labels = select(dets, threshold)
-                draw_detections(image, boxes, labels, scores, class_names)
-                write_image(os.path.join(staging, f"{i:08d}{os.path.splitext(outputs[i])[1]}"), image)
-                if log is not None:
-                    log.add(i, boxes, scores, labels, file=os.path.basename(inputs[i]),
-                            width=int(image.shape[1]), height=int(image.shape[0]))
-                counts.update(_name(int(l), class_names) for l in labels)
-                index[0] += 1
-                bar.update(1)
-
-            frames = run_pipeline(iter_images(inputs), predictor.predict, consume, batch_size=batch_size)
-            os.makedirs(out_dir, exist_ok=True)
-            for i, out in enumerate(outputs):
-                os.replace(os.path.join(staging, f"{i:08d}{os.path.splitext(out)[1]}"), out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    shown = outputs[0] if len(outputs) == 1 else out_dir
-    return Summary(frames=frames, seconds=time.perf_counter() - start, output=shown, json_path=json_path,
-                   per_class=dict(counts))
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser("object_detection.py", description="Detect objects in a video, image, folder of images or webcam with an SSD "
-                            "and write the annotated result.")
-    p.add_argument("model", metavar="MODEL", help="checkpoint (.pth/.pt) or exported .onnx model")
+    p = Parser("object_detection.py", description="Detect objects in a video, image, folder of images or webcam "
+                                                  "with an SSD and write the annotated result.")
+    p.add_argument("model", metavar="MODEL", help="checkpoint (.pth/.pt), exported .onnx / TorchScript model, or a pretrained model name (python -m weights list)")
     p.add_argument("input", metavar="INPUT",
-                   help="video file, image file, folder of images, or a webcam index (0, 1, ...)")
+                   help="video file, image file, folder of images, a webcam index (0, 1, ...) or a live stream "
+                        "(rtsp://, rtmp://, http(s)://, udp://; end it with --max_frames, --max_seconds or Ctrl-C)")
     p.add_argument("-o", "--output", default=None,
                    help=f"output video ({', '.join(VIDEO_EXTENSIONS)}; default {DEFAULT_OUTPUT}), image "
                         "(default <name>_detected.<ext> beside the input) or folder (default <folder>_detected)")
@@ -256,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--crf", type=int, help=f"x264 CRF 0 (lossless) .. 51 (smallest); default {DEFAULT_CRF}")
     p.add_argument("--json", dest="json_path", metavar="PATH", help="write every frame's detections to PATH")
     p.add_argument("--max_frames", type=int, help="stop after this many frames/images")
+    p.add_argument("--max_seconds", type=float, help="stop after this many seconds of video (files, streams)")
+    p.add_argument("--only", metavar="NAMES", help="keep only these classes (comma-separated, e.g. person,car) in "
+                                                   "the drawing, the JSON and the counts")
+    p.add_argument("--show", action="store_true", help="show the annotated frames in a window as they are written "
+                                                       "(video, stream, webcam; needs OpenCV with a GUI: "
+                                                       "pip install opencv-python)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     return p
 
@@ -282,7 +99,11 @@ def plan(args: argparse.Namespace) -> Job:
     """Resolve input kind and output paths and validate them; cheap, before any model is loaded."""
     inp = args.input
     out = args.output
-    if not os.path.exists(inp) and inp.isdigit():
+    if is_stream_url(inp):
+        out = out or DEFAULT_OUTPUT
+        check_video_output(out)
+        job = Job("video", [inp], [out])
+    elif not os.path.exists(inp) and inp.isdigit():
         out = out or DEFAULT_OUTPUT
         check_video_output(out)
         job = Job("webcam", [], [out], webcam=int(inp))
@@ -338,6 +159,12 @@ def check_flags(args: argparse.Namespace) -> int:
         raise UserError(f"--top_k {args.top_k} must be at least 1", code=2)
     if args.max_frames is not None and args.max_frames < 1:
         raise UserError(f"--max_frames {args.max_frames} must be at least 1", code=2)
+    if args.max_seconds is not None and not args.max_seconds > 0:
+        raise UserError(f"--max_seconds {args.max_seconds} must be positive", code=2)
+    if args.only is not None and not [n for n in args.only.split(",") if n.strip()]:
+        raise UserError("--only lists no class names — give e.g. --only person,car", code=2)
+    if args.show:
+        check_can_show()
     if args.num_classes is not None and args.num_classes < 2:
         raise UserError(f"--num_classes {args.num_classes} must count background plus at least one class", code=2)
     if args.crf is not None:
@@ -347,57 +174,54 @@ def check_flags(args: argparse.Namespace) -> int:
     return crf_from_quality(args.quality) if args.quality is not None else DEFAULT_CRF
 
 
-def read_class_names(path: str) -> List[str]:
-    """Class names, one per line (blank lines and ``#`` comments skipped; background not listed)."""
-    if not os.path.isfile(path):
-        raise UserError(f"--classes file not found: {path} — give a text file with one class name per line")
-    with open(path, encoding="utf-8") as fh:
-        names = [ln.strip() for ln in fh if ln.strip() and not ln.lstrip().startswith("#")]
-    if not names:
-        raise UserError(f"--classes file {path} lists no class names — one name per line")
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise UserError(f"--classes file {path} lists {', '.join(dup)} more than once — names must be unique")
+def dataset_class_names(dataset: str) -> List[str]:
+    return list(VOC_CLASSES if dataset == "voc" else COCO_CLASSES)
+
+
+def class_names_from_flags(args: argparse.Namespace) -> Optional[List[str]]:
+    """``--classes`` / ``--dataset`` names (no background), checked against ``--num_classes``; None: the file's."""
+    names = read_class_names(args.classes, what="--classes file", code=2) if args.classes else (
+        dataset_class_names(args.dataset) if args.dataset else None)
+    if names is not None and args.num_classes is not None and args.num_classes != len(names) + 1:
+        raise UserError(f"--num_classes {args.num_classes} counts background, so it needs {args.num_classes - 1} "
+                        f"class names; {len(names)} were given", code=2)
     return names
 
 
-def dataset_class_names(dataset: str) -> List[str]:
-    if dataset == "voc":
-        from data.voc0712 import VOC_CLASSES
-        return list(VOC_CLASSES)
-    from data.coco import COCO_CLASSES
-    return list(COCO_CLASSES)
-
-
 def load_predictor(args: argparse.Namespace) -> Any:
-    """Build the predictor from MODEL (checkpoint or .onnx) and the model flags."""
-    model = args.model
-    if not os.path.exists(model):  # before importing torch: this one should answer at once
-        raise UserError(f"model file not found: {model} — check the path")
-    from data.config import SUPPORTED_SIZES
-    from utils.inference import open_predictor
-    from utils.device import resolve_device
-
+    """Open MODEL (checkpoint, .onnx or TorchScript) with the model flags."""
+    model = resolve_model_path(args.model)  # a registry name (ssd300-coco, ...) -> the cached file; a path wins
+    if not os.path.exists(model):
+        raise UserError(f"model file not found: {model} — check the path, or use a model name from "
+                        "`python -m weights list`")
     if args.size is not None and args.size not in SUPPORTED_SIZES:
         raise UserError(f"--size {args.size} is not supported; use {' or '.join(map(str, SUPPORTED_SIZES))}", code=2)
     device = resolve_device(args.device)
-    names = read_class_names(args.classes) if args.classes else (
-        dataset_class_names(args.dataset) if args.dataset else None)
+    names = class_names_from_flags(args)
     num_classes = args.num_classes or (len(names) + 1 if names else None)
-    if names is not None and num_classes != len(names) + 1:
-        raise UserError(f"--num_classes {num_classes} counts background, so it needs {num_classes - 1} class names; "
-                        f"{len(names)} were given", code=2)
-    # the predictor drops what is below the drawing threshold early: NMS ranks by score, so this
-    # changes nothing at or above it, and saves work
-    kwargs = dict(device=device, amp=args.amp, compile=args.compile, num_classes=num_classes, size=args.size, top_k=args.top_k,
-                  conf_thresh=args.threshold, class_names=names)
     try:
-        return open_predictor(model, args.backend, **kwargs)
+        # the predictor drops what is below the drawing threshold early: NMS ranks by score, so this
+        # changes nothing at or above it, and saves work
+        return open_predictor(model, args.backend, device=device, amp=args.amp, compile=args.compile,
+                              class_names=names, num_classes=num_classes, size=args.size, top_k=args.top_k,
+                              conf_thresh=args.threshold)
     except UserError:
         raise
     except (RuntimeError, ValueError, OSError, KeyError, EOFError) as exc:  # anything the loader didn't word
         raise UserError(f"cannot load model {model}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
                         " — check that it is an SSD checkpoint from this project or ssd.pytorch") from None
+
+
+def only_labels(only: Optional[str], class_names: Sequence[str]) -> Optional[List[int]]:
+    """``--only a,b`` → the model labels (1..C-1) of those classes; None keeps every class."""
+    if only is None:
+        return None
+    wanted = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in class_names]
+    if unknown:
+        raise UserError(f"--only: {', '.join(repr(n) for n in unknown)} is not a class of this model — its classes "
+                        f"are: {', '.join(class_names)}", code=2)
+    return [list(class_names).index(n) + 1 for n in wanted]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -406,18 +230,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     job = plan(args)
     source: Any = None
     if job.kind == "video":
-        source = VideoReader(job.inputs[0], max_frames=args.max_frames)  # probes: bad videos fail here
+        # probes: bad videos (and unreachable streams) fail here
+        source = VideoReader(job.inputs[0], max_frames=args.max_frames, max_seconds=args.max_seconds)
         source.peek()  # and zero-frame / undecodable ones here, before the model is loaded
     predictor = load_predictor(args)
+    only = only_labels(args.only, predictor.class_names)
     if job.kind == "webcam":
         source = WebcamReader(job.webcam, max_frames=args.max_frames)
     if job.kind in ("video", "webcam"):
-        summary = detect_video(predictor, source, job.outputs[0], threshold=args.threshold,
-                               batch_size=args.batch_size, crf=crf, audio=args.audio, json_path=args.json_path,
-                               progress=args.progress)
+        preview = Preview(f"{os.path.basename(args.input)} — object_detection.py") if args.show else None
+        try:
+            summary = detect_video(predictor, source, job.outputs[0], threshold=args.threshold,
+                                   batch_size=args.batch_size, crf=crf, audio=args.audio, json_path=args.json_path,
+                                   progress=args.progress, only=only, show=preview.show if preview else None)
+        finally:
+            if preview is not None:
+                preview.close()
     else:
         summary = detect_images(predictor, job.inputs, job.outputs, threshold=args.threshold,
-                                batch_size=args.batch_size, json_path=args.json_path, progress=args.progress)
+                                batch_size=args.batch_size, json_path=args.json_path, progress=args.progress,
+                                only=only)
     print("\n".join(summary.lines(args.threshold)))
     return 0
 
@@ -427,7 +259,5 @@ def _terminate_as_interrupt(signum: int, frame: Any) -> None:
 
 
 if __name__ == "__main__":
-    import signal
-
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     run_cli(main)

@@ -3,7 +3,7 @@
 Memory (issue 6/9: a 10,000-frame 320x240 video within 50 MB of a 1,000-frame one)::
 
     python benchmarks/bench_video_memory.py memory --model weights/ssd300.pth        # the real CLI
-    python benchmarks/bench_video_memory.py memory --stub                            # no torch: pipeline only
+    python benchmarks/bench_video_memory.py memory --stub                            # stub predictor: pipeline only
 
 Each run is a fresh process (the CLI, or a stub-predictor driver); we sample its ``VmHWM`` (its own
 peak RSS) and the summed RSS of its process tree (ffmpeg decoder/encoder included) from ``/proc``.
@@ -25,19 +25,27 @@ import subprocess
 import sys
 import tempfile
 import time
+from types import SimpleNamespace
 from typing import Dict, List, Optional
+
+import numpy as np
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+from utils.device import resolve_device  # noqa: E402  (after the path set-up: run as a script)
+from utils.inference import open_predictor  # noqa: E402
+from utils.media.detect import detect_video  # noqa: E402
+from utils.media.ffmpeg import ffmpeg_exe  # noqa: E402
+from utils.media.video_reader import VideoReader  # noqa: E402
 
 
 def make_video(path: str, frames: int, width: int, height: int, fps: int = 25) -> str:
     """A synthetic video with moving content, sensor-like noise and an AAC sine track."""
     if os.path.exists(path):
         return path
-    from utils.media.video import ffmpeg_exe
-
     seconds = frames / fps
     tmp = path + ".part.mp4"
     subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", "-v", "error",
@@ -102,9 +110,6 @@ class _StubPredictor:
     class_names = ["person", "car", "dog"]
 
     def predict(self, images):
-        import numpy as np
-        from types import SimpleNamespace
-
         out = []
         for im in images:
             h, w = im.shape[:2]
@@ -116,10 +121,7 @@ class _StubPredictor:
 
 
 def _stub_child(video: str, output: str, json_path: str) -> None:
-    import object_detection as od
-    from utils.media.video import VideoReader
-
-    summary = od.detect_video(_StubPredictor(), VideoReader(video), output, json_path=json_path, progress=False)
+    summary = detect_video(_StubPredictor(), VideoReader(video), output, json_path=json_path, progress=False)
     print("\n".join(summary.lines(0.6)))
 
 
@@ -150,18 +152,11 @@ def run_memory(args: argparse.Namespace) -> None:
 # throughput
 
 def run_throughput(args: argparse.Namespace) -> None:
-    import torch
-
-    import object_detection as od
-    from utils.device import resolve_device
-    from utils.inference.predictor import Predictor
-    from utils.media.video import VideoReader
-
     w, h = (int(v) for v in args.frame_size.lower().split("x"))
     os.makedirs(args.workdir, exist_ok=True)
     video = make_video(os.path.join(args.workdir, f"bench_{args.frames[0]}_{w}x{h}.mp4"), args.frames[0], w, h)
     device = resolve_device(args.device)
-    predictor = Predictor.from_checkpoint(args.model, device=device, conf_thresh=args.threshold, amp=args.amp)
+    predictor = open_predictor(args.model, device=device, conf_thresh=args.threshold, amp=args.amp)
     frames = list(VideoReader(video))
     bs = args.batch_size
 
@@ -179,8 +174,8 @@ def run_throughput(args: argparse.Namespace) -> None:
     def pipeline() -> float:
         with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
             t = time.perf_counter()
-            s = od.detect_video(predictor, VideoReader(video), os.path.join(tmp, "out.mp4"), threshold=args.threshold,
-                                batch_size=bs, json_path=os.path.join(tmp, "out.json"), progress=False)
+            s = detect_video(predictor, VideoReader(video), os.path.join(tmp, "out.mp4"), threshold=args.threshold,
+                             batch_size=bs, json_path=os.path.join(tmp, "out.json"), progress=False)
             return s.frames / (time.perf_counter() - t)
 
     a = model_only()
@@ -201,7 +196,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("mode", choices=("memory", "throughput"))
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="checkpoint for the real CLI / predictor")
-    src.add_argument("--stub", action="store_true", help="memory mode without torch: a constant stub predictor")
+    src.add_argument("--stub", action="store_true",
+                     help="memory mode with a constant stub predictor instead of the network")
     p.add_argument("--frames", type=int, nargs="+", default=None,
                    help="video lengths (memory default: 1000 10000; throughput default: 200)")
     p.add_argument("--frame_size", default="320x240")

@@ -22,12 +22,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_export import run_benchmark as run_onnx  # noqa: E402
 from benchmarks.bench_train import check_baseline_matches, random_targets, time_config  # noqa: E402
+from benchmarks.machine import machine_info, machine_summary  # noqa: E402
 from benchmarks.timing import make_frames, timeit  # noqa: E402,F401  (re-exported for older callers)
+from data.synthetic import generate_video  # noqa: E402
 from ssd import build_ssd  # noqa: E402
 from utils.device import amp_dtype, resolve_device  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 from utils.inference import Predictor, open_predictor  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
+from utils.media.detect import detect_video  # noqa: E402
+from utils.media.video_reader import VideoReader  # noqa: E402
 
 SSD300_GFLOP = 62.75  # per 300x300 image (multiply-add = 2 FLOP)
 
@@ -89,10 +93,6 @@ def bench_torchvision(device: torch.device, frames: List[np.ndarray], batch: int
 def bench_video(device: torch.device, weights: Optional[str], reps: int, frames: int = 96,
                 width: int = 480, height: int = 360) -> Dict[str, Any]:
     """object_detection.py's streaming path (decode → batch → predict → draw → encode) vs predict() alone."""
-    import object_detection as od
-    from data.synthetic import generate_video
-    from utils.media.video import VideoReader
-
     if weights:
         pred = open_predictor(weights, device=device, conf_thresh=0.5)
     else:
@@ -108,8 +108,8 @@ def bench_video(device: torch.device, weights: Optional[str], reps: int, frames:
                 pred.predict(decoded[i:i + 8])
 
         def pipeline():
-            od.detect_video(pred, VideoReader(video), os.path.join(tmp, "out.mp4"), threshold=0.5, batch_size=8,
-                            json_path=os.path.join(tmp, "out.json"), progress=False)
+            detect_video(pred, VideoReader(video), os.path.join(tmp, "out.mp4"), threshold=0.5, batch_size=8,
+                         json_path=os.path.join(tmp, "out.json"), progress=False)
 
         t_model = timeit(model_only, device, max(1, reps // 2))
         t_pipe = timeit(pipeline, device, max(1, reps // 2))
@@ -202,13 +202,14 @@ def main(argv=None) -> int:
         sections -= {"train", "video", "onnx"}
     frames = make_frames(max(batches))
     fast_dtype = amp_dtype(device)
-    result: Dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads":
-                    torch.get_num_threads(), "device": str(device),
+    # the machine by name (CPU model, cores, threads, AMX / AVX-512 bf16 / VNNI / AVX2): figures from different CPUs
+    # are never comparable, so every output says which one it came from (issue 19)
+    machine = machine_info()
+    machine.update({"processor": platform.processor(), "threads": torch.get_num_threads(), "device": str(device),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                    "torch": torch.__version__, "amp_dtype": str(fast_dtype)},
-        "reps": reps,
-    }
+                    "amp_dtype": str(fast_dtype)})
+    result: Dict[str, Any] = {"machine": machine, "machine_summary": machine_summary(machine), "reps": reps}
+    print(f"machine: {result['machine_summary']}")
     print(f"device {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | median of {reps}")
     if "conv" in sections:
         result["conv_ceiling_fp32"] = conv_ceiling(device, torch.float32, reps, max(batches))

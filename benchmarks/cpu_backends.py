@@ -35,15 +35,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.machine import machine_info, machine_summary  # noqa: E402
+from benchmarks.timing import make_frames  # noqa: E402
 from data.synthetic import generate_dataset  # noqa: E402
 from utils.cpu import precision_problem  # noqa: E402
 from utils.deploy.export import export_onnx  # noqa: E402
 from utils.deploy.quantize import quantize_onnx  # noqa: E402
-from utils.deploy.runners import _import_onnxruntime, predictor_from_onnx  # noqa: E402
 from utils.device import autocast  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.inference.openvino_runner import predictor_from_openvino  # noqa: E402
-from utils.inference.predictor import Predictor  # noqa: E402
+from utils.inference import Predictor, open_predictor  # noqa: E402
 from utils.io import atomic_write  # noqa: E402
 from utils.loading.checkpoint import load_model, save_checkpoint  # noqa: E402
 from utils.loading.config import ModelConfig  # noqa: E402
@@ -64,15 +63,6 @@ def timeit(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
-
-
-def make_frames(n: int, seed: int = 0) -> List[np.ndarray]:
-    """VOC-sized uint8 RGB frames (500x375), smooth enough to give the detector some structure."""
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    return [cv2.resize(rng.integers(0, 255, size=(16, 21, 3), dtype=np.uint8), (500, 375),
-                       interpolation=cv2.INTER_CUBIC) for _ in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -102,23 +92,22 @@ def prepare_files(workdir: str, weights: Optional[str], calib: Optional[str], ca
     return files
 
 
+RUNTIMES = {"torch": "torch", "ort": "onnxruntime", "ov": "openvino"}
+
+
 def open_backend(name: str, files: Dict[str, str], threads: int) -> Predictor:
-    """A Predictor for ``name`` (one of :data:`BACKENDS`); UserError when it cannot run here."""
+    """A Predictor for ``name`` (one of :data:`BACKENDS`) through :func:`utils.inference.open_predictor`, as the
+    CLIs open it (``--backend R --precision P --threads N``); UserError when it cannot run here."""
     runtime, precision = name.split("-")
     if runtime == "torch":
-        if precision == "bf16":
-            why = precision_problem("bf16")
-            if why:
-                raise UserError(why)
-        return Predictor.from_checkpoint(files["checkpoint"], amp=precision == "bf16")
-    path = files["int8" if precision == "int8" else "fp32"]
-    if runtime == "ort":
-        if precision == "bf16":
-            raise UserError("ONNX Runtime has no bf16 path on x86 CPUs")
-        options = _import_onnxruntime().SessionOptions()
-        options.intra_op_num_threads = threads
-        return predictor_from_onnx(path, sess_options=options)
-    return predictor_from_openvino(path, precision=precision, threads=threads)
+        # the benchmark skips what would not run natively (open_predictor only warns for PyTorch bf16)
+        why = precision_problem("bf16") if precision == "bf16" else None
+        if why:
+            raise UserError(why)
+        path = files["checkpoint"]
+    else:
+        path = files["int8" if precision == "int8" else "fp32"]
+    return open_predictor(path, RUNTIMES[runtime], precision=precision, threads=threads)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -244,6 +233,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.quick:
         args.width, args.reps, args.calib_images = 0.125, 1, 2
         args.batches = "1,2" if args.batches == DEFAULT_BATCHES else args.batches
+        print("--quick: a width-1/8 model, one rep: a smoke test of the script, not a measurement (its ratios to "
+              "torchvision compare models of different sizes)", flush=True)
     report = run(args)
     if args.json:
         with atomic_write(args.json, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:

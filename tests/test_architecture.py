@@ -29,9 +29,6 @@ OPTIONAL_PACKAGES = {"onnx", "onnxruntime", "openvino", "nncf", "matplotlib", "p
 # (issue 16 phase 2): path -> the modules imported inside functions today. A path without ".py" is a module being
 # split into a package by its owner right now: it covers "<path>.py" and every file under "<path>/". Entries may
 # only shrink.
-_INFERENCE_DEPLOY = {"data.config", "data.transforms", "layers.detection", "torch._inductor.config",
-                     "utils.deploy.export", "utils.deploy.runners", "utils.errors", "utils.inference.predictor",
-                     "utils.loading.checkpoint"}
 PENDING: Dict[str, Set[str]] = {
     "train.py": {"data", "data.config", "data.transforms", "layers.multibox_loss", "ssd", "torch.utils.data",
                  "tqdm", "utils.device", "utils.inference.predictor", "utils.loading.checkpoint",
@@ -39,8 +36,6 @@ PENDING: Dict[str, Set[str]] = {
     "object_detection.py": {"data.coco", "data.config", "data.voc0712", "tqdm", "utils.device", "utils.inference"},
     "data/synthetic": {"imageio_ffmpeg"},
     "utils/training": {"layers.matching", "torch.distributed"},
-    "utils/inference": _INFERENCE_DEPLOY,
-    "utils/deploy": _INFERENCE_DEPLOY,
     "utils/loading/checkpoint.py": {"data.coco", "data.voc0712"},
     "utils/media": {"cv2", "imageio_ffmpeg"},
     "weights/convert_vgg.py": {"utils.io", "utils.loading.checkpoint"},
@@ -50,8 +45,7 @@ PENDING: Dict[str, Set[str]] = {
                                   "utils.training"},
     "benchmarks/bench_video_memory.py": {"numpy", "object_detection", "torch", "types", "utils.device",
                                          "utils.inference.predictor", "utils.media.video"},
-    "benchmarks/benchmark.py": {"benchmarks.bench_export", "benchmarks.bench_train", "cv2", "data.synthetic",
-                                "object_detection", "tempfile", "utils.io", "utils.media.video"},
+    "benchmarks/benchmark.py": {"data.synthetic", "object_detection", "utils.media.video"},
     "benchmarks/recipe_sweep.py": {"torch"},
 }
 

@@ -310,3 +310,41 @@ def test_the_cpu_demo_architecture_exports_to_onnx_like_pytorch(make_checkpoint,
         ref_loc, ref_conf = model.forward_raw(x)
     assert relative_error(loc, ref_loc) < 1e-4
     assert relative_error(scores, torch.softmax(ref_conf, -1)) < 1e-4
+
+
+def test_cli_int8_export_writes_a_calibrated_file_that_runs_as_int8(ckpt, tiny_dataset, tmp_path, capsys):
+    out = tmp_path / "m_int8.onnx"
+    assert export_main([ckpt, "-o", str(out), "--int8", "--calib", str(tiny_dataset), "--calib_images", "3"]) == 0
+    stdout = capsys.readouterr().out
+    assert f"wrote {out} (onnx int8, calibrated on 3 images of {tiny_dataset}, SSD300, 6 classes" in stdout
+    # quantization moves outputs by design: the comparison is informational and points at eval.py's mAP
+    assert "check (int8, informational)" in stdout and "python eval.py --trained_model" in stdout
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["precision"] == "int8" and '"calib_images": 3' in props["quantization"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m_int8.onnx"]  # the fp32 intermediate is gone
+    pred = open_predictor(str(out), precision="int8")
+    assert pred.model.precision == "int8" and pred.class_names == NAMES
+    x = image_batch(1)
+    ref = open_predictor(ckpt).run(x)
+    got = pred.run(x)
+    best_ref, best_got = ref[:, 1:, 0, 0], got[:, 1:, 0, 0]
+    assert float((best_ref - best_got).abs().max() / best_ref.abs().max()) <= 0.10  # cpu_backend_helpers' int8
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--int8"], "--int8 needs --calib DATASET_DIR"),
+    (["--int8", "--calib", "DATA", "--format", "torchscript"], "--int8 writes an ONNX file"),
+    (["--calib", "DATA"], "--calib is for --int8 exports; add --int8"),
+    (["--int8", "--calib", "DATA", "--calib_images", "0"], "--calib_images must be at least 1, got 0"),
+])
+def test_cli_int8_flag_errors_are_usage_errors_before_any_work(ckpt, tmp_path, flags, message):
+    with pytest.raises(UserError) as err:
+        export_main([ckpt, "-o", str(tmp_path / "x.onnx")] + flags)
+    assert message in err.value.message and err.value.code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_int8_with_a_missing_calibration_folder_writes_nothing(ckpt, tmp_path):
+    with pytest.raises(UserError, match="--calib folder not found"):
+        export_main([ckpt, "-o", str(tmp_path / "x.onnx"), "--int8", "--calib", str(tmp_path / "none")])
+    assert list(tmp_path.iterdir()) == []

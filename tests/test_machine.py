@@ -62,12 +62,35 @@ def test_cpu_backends_quick_mode_writes_json_naming_the_machine(tmp_path):
     pytest.importorskip("onnxruntime")
     from benchmarks.cpu_backends import main
 
+    backends = ["torch-fp32", "ort-int8"]
+    try:
+        import openvino  # noqa: F401
+        backends.append("ov-int8")  # through open_predictor(..., "openvino", precision="int8") like the CLIs
+    except ImportError:
+        pass
     out = tmp_path / "bench.json"
-    assert main(["--quick", "--threads", "1", "--backends", "torch-fp32,ort-int8", "--no_torchvision",
+    assert main(["--quick", "--threads", "1", "--backends", ",".join(backends), "--no_torchvision",
                  "--calib_images", "2", "--json", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["machine"]["cpu_model"] and "isa" in report["machine"]
     assert set(report["results"]) == {"b1", "b2"}
     for row in report["results"].values():
-        assert set(row) == {"torch-fp32", "ort-int8"}
+        assert set(row) == set(backends)
+        if "ov-int8" in row:
+            assert row["ov-int8"]["runtime"]["precision"] == "int8"
         assert all(r["e2e_img_s"] > 0 and r["network_img_s"] > 0 and 0 <= r["gap"] < 1 for r in row.values())
+
+
+def test_benchmark_prints_and_stores_the_machine(tmp_path, capsys):
+    """benchmarks/benchmark.py names its CPU (model, cores, threads, AMX / AVX-512 bf16 / VNNI / AVX2) in its
+    output and JSON (no section is run: no timing)."""
+    from benchmarks.benchmark import main
+    from benchmarks.machine import machine_info
+
+    out = tmp_path / "bench.json"
+    assert main(["--sections", "none", "--batches", "1", "--device", "cpu", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    info = machine_info()
+    assert {k: report["machine"][k] for k in info} == info
+    assert report["machine"]["device"] == "cpu" and report["machine_summary"].startswith(info["cpu_model"])
+    assert f"machine: {report['machine_summary']}" in capsys.readouterr().out

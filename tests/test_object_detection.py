@@ -1,6 +1,9 @@
-"""object_detection.py and utils/draw.py: annotated video/image output, JSON, audio, bad inputs via the CLI."""
+"""object_detection.py, utils/media/detect.py and utils/media/draw.py: annotated video/image output, JSON, audio,
+bad inputs via the CLI."""
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import subprocess
@@ -11,10 +14,14 @@ import numpy as np
 import pytest
 
 import object_detection as od
+from data.voc0712 import VOC_CLASSES
 from tests.video_helpers import audio_codec, decode_all, ffmpeg, make_video, ramp_frames, truncated_video
+from utils.media.detect import detect_images, detect_video
 from utils.media.draw import DrawStyle, clamp_boxes, draw_detections, palette, text_color
-from utils.errors import UserError
-from utils.media.video import VideoReader, probe_video, read_image, write_image
+from utils.errors import UserError, run_cli
+from utils.media.ffmpeg import probe_video
+from utils.media.images import read_image, write_image
+from utils.media.video_reader import VideoReader
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "object_detection.py")
@@ -56,7 +63,7 @@ def test_stub_boxes_appear_where_expected_in_decoded_frames_and_json(tmp_path):
     src = make_video(tmp_path / "in.mp4", ramp_frames(24, h, w))
     out, js = str(tmp_path / "out" / "det.mp4"), str(tmp_path / "det.json")
     stub = StubPredictor()
-    summary = od.detect_video(stub, VideoReader(src), out, threshold=0.6, batch_size=5, crf=0, json_path=js,
+    summary = detect_video(stub, VideoReader(src), out, threshold=0.6, batch_size=5, crf=0, json_path=js,
                               progress=False)
     assert stub.batch_sizes == [5, 5, 5, 5, 4]
     assert summary.frames == 24 and summary.per_class == {"cat": 24}
@@ -83,8 +90,8 @@ def test_stub_boxes_appear_where_expected_in_decoded_frames_and_json(tmp_path):
 def test_audio_is_copied_and_trimmed_or_dropped(tmp_path):
     src = make_video(tmp_path / "in.mp4", ramp_frames(24, 48, 64), audio="aac")
     kept, dropped = str(tmp_path / "kept.mp4"), str(tmp_path / "dropped.mp4")
-    od.detect_video(StubPredictor(), VideoReader(src, max_frames=12), kept, progress=False)
-    od.detect_video(StubPredictor(), VideoReader(src), dropped, audio=False, progress=False)
+    detect_video(StubPredictor(), VideoReader(src, max_frames=12), kept, progress=False)
+    detect_video(StubPredictor(), VideoReader(src), dropped, audio=False, progress=False)
     assert audio_codec(kept) == "aac" and probe_video(kept).n_frames == 12
     assert probe_video(kept).duration < 0.75  # the audio is cut to the 12 frames (0.5 s) written
     assert audio_codec(dropped) is None and len(decode_all(dropped)) == 24
@@ -96,7 +103,7 @@ def test_failure_mid_video_leaves_no_output(tmp_path):
     out, js = tmp_path / "o" / "out.mp4", tmp_path / "o" / "out.json"
     os.makedirs(out.parent)
     with pytest.raises(UserError, match="truncated"):
-        od.detect_video(StubPredictor(), VideoReader(src), str(out), json_path=str(js), progress=False)
+        detect_video(StubPredictor(), VideoReader(src), str(out), json_path=str(js), progress=False)
     assert os.listdir(out.parent) == []
 
 
@@ -108,7 +115,7 @@ def test_images_and_folder_are_annotated_atomically(tmp_path):
     inputs = [str(folder / f"im{i}.png") for i in range(3)]
     outputs = [str(tmp_path / "out" / f"im{i}.png") for i in range(3)]
     js = str(tmp_path / "imgs.json")
-    summary = od.detect_images(StubPredictor(), inputs, outputs, batch_size=2, json_path=js, progress=False)
+    summary = detect_images(StubPredictor(), inputs, outputs, batch_size=2, json_path=js, progress=False)
     assert summary.frames == 3 and sorted(os.listdir(tmp_path / "out")) == ["im0.png", "im1.png", "im2.png"]
     for i, path in enumerate(outputs):
         img = read_image(path)
@@ -120,7 +127,7 @@ def test_images_and_folder_are_annotated_atomically(tmp_path):
     (folder / "im1.png").write_bytes(b"\x89PNG broken")
     outputs2 = [str(tmp_path / "out2" / f"im{i}.png") for i in range(3)]
     with pytest.raises(UserError, match="im1.png"):
-        od.detect_images(StubPredictor(), inputs, outputs2, progress=False)
+        detect_images(StubPredictor(), inputs, outputs2, progress=False)
     assert not (tmp_path / "out2").exists()
     assert sorted(os.listdir(tmp_path)) == ["imgs", "imgs.json", "out"]
 
@@ -168,15 +175,9 @@ def test_palette_is_deterministic_distinct_and_style_scales_with_frame():
 # the CLI with a real (tiny, random) checkpoint, in-process
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    import torch
-
-    from ssd import build_ssd
-
-    torch.manual_seed(0)
-    path = str(tmp_path_factory.mktemp("model") / "tiny.pth")
-    torch.save(build_ssd("test", 300, 21, width=0.125).state_dict(), path)
-    return path
+def tiny_model(make_checkpoint):
+    """A bare state_dict (as ssd.pytorch files are) of a 21-class model: the CLI names its classes VOC's."""
+    return make_checkpoint(class_names=VOC_CLASSES, bare=True)
 
 
 def test_cli_video_keeps_frames_fps_size_audio_and_writes_json(tmp_path, tiny_model, capsys):
@@ -191,7 +192,8 @@ def test_cli_video_keeps_frames_fps_size_audio_and_writes_json(tmp_path, tiny_mo
     n_dets = sum(len(f["detections"]) for f in log["frames"])
     assert n_dets > 0 and all(d["score"] >= 0.01 for f in log["frames"] for d in f["detections"])
     printed = capsys.readouterr().out
-    assert "frames: 10" in printed and f"output: {out}" in printed and f"detections (score >= 0.01): {n_dets}" in printed
+    assert "frames: 10" in printed and f"output: {out}" in printed
+    assert f"detections (score >= 0.01): {n_dets}" in printed
     # --no-audio, --crf, --max_frames
     out2 = str(tmp_path / "res" / "silent.mkv")
     assert od.main([tiny_model, src, "-o", out2, "--no-audio", "--crf", "30", "--max_frames", "4",
@@ -218,13 +220,16 @@ def test_cli_image_and_folder_inputs_default_outputs(tmp_path, tiny_model, monke
 # bad inputs through the CLI: one line on stderr, exit != 0, no traceback, nothing left behind
 
 def run_scripts(arg_lists, cwd):
-    """Run the CLI once per argument list, concurrently (each run pays the interpreter start-up)."""
-    procs = [subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True, cwd=cwd) for args in arg_lists]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    """Run the CLI once per argument list: the first as a real process (the script's own entry point), the others
+    in-process through ``run_cli`` (the same code path, without paying the interpreter and torch start-up each)."""
+    proc = subprocess.run([sys.executable, SCRIPT, *arg_lists[0]], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+    results = [proc]
+    for args in arg_lists[1:]:
+        err = io.StringIO()
+        with contextlib.chdir(cwd), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
+            run_cli(od.main, args)
+        results.append(subprocess.CompletedProcess(args, exit_info.value.code, "", err.getvalue()))
     return results
 
 
@@ -278,15 +283,11 @@ def test_cli_bad_inputs_fail_with_one_clear_line(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def bad_models(tmp_path_factory):
-    import torch
-
-    from ssd import build_ssd
-
+def bad_models(tmp_path_factory, tiny_model):
     folder = tmp_path_factory.mktemp("bad_models")
     good = folder / "good.pth"
-    torch.save(build_ssd("test", 300, 21, width=0.125).state_dict(), good)
-    data = good.read_bytes()
+    data = open(tiny_model, "rb").read()
+    good.write_bytes(data)
     (folder / "truncated.pth").write_bytes(data[: len(data) // 2])
     (folder / "notes.pth").write_text("not a checkpoint")
     return folder
@@ -309,3 +310,59 @@ def test_cli_bad_models_and_decode_time_errors_fail_with_one_clear_line(tmp_path
                                                          cwd=work)):
         _assert_one_line_error(proc, expected, args)
     assert sorted(os.listdir(work)) == before
+
+
+# --------------------------------------------------------------------------------------------
+# --only (issue 18.8) and --show (issue 18.7)
+
+def test_only_keeps_the_named_classes_in_drawing_json_and_counts(tmp_path):
+    src = make_video(tmp_path / "in.mp4", ramp_frames(6, 48, 64))
+    out, js = str(tmp_path / "out.mp4"), str(tmp_path / "out.json")
+    summary = detect_video(StubPredictor(), VideoReader(src), out, threshold=0.2, json_path=js, progress=False,
+                           only=[2])
+    assert summary.per_class == {"dog": 6}
+    assert all([d["class"] for d in f["detections"]] == ["dog"] for f in json.load(open(js))["frames"])
+    for i, frame in enumerate(decode_all(out)):
+        assert close(frame[30, StubPredictor.box(i)[0]], [20 + 8 * i] * 3, 4)  # the cat box is not drawn
+
+
+def test_show_receives_every_annotated_frame(tmp_path):
+    src = make_video(tmp_path / "in.mp4", ramp_frames(5, 48, 64))
+    shown = []
+    detect_video(StubPredictor(), VideoReader(src), str(tmp_path / "out.mp4"), progress=False,
+                 show=lambda frame: shown.append(frame.copy()))
+    assert len(shown) == 5
+    assert all(close(f[30, StubPredictor.box(i)[0]], palette(3)[1]) for i, f in enumerate(shown))
+
+
+def _run_in_process(args, cwd):
+    err = io.StringIO()
+    with contextlib.chdir(cwd), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
+            pytest.raises(SystemExit) as exit_info:
+        run_cli(od.main, args)
+    return exit_info.value.code, err.getvalue()
+
+
+def test_cli_only_filters_and_an_unknown_name_lists_the_models_classes(tmp_path, make_checkpoint):
+    model = make_checkpoint()  # classes: circle, square, triangle, star, ring
+    src = make_video(tmp_path / "in.mp4", ramp_frames(4, 48, 64))
+    js = str(tmp_path / "out.json")
+    code, err = _run_in_process([model, src, "-o", "out.mp4", "--only", "ring,star", "--threshold", "0.01",
+                                 "--json", js, "--device", "cpu"], tmp_path)
+    assert code == 0, err
+    classes = {d["class"] for f in json.load(open(js))["frames"] for d in f["detections"]}
+    assert classes and classes <= {"ring", "star"}
+    code, err = _run_in_process([model, src, "-o", "other.mp4", "--only", "ring,person", "--device", "cpu"],
+                                tmp_path)
+    assert code == 2 and err.count("\n") == 1
+    assert "'person' is not a class of this model" in err and "circle, square, triangle, star, ring" in err
+    assert not os.path.exists(tmp_path / "other.mp4")
+
+
+def test_cli_show_without_a_gui_opencv_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr("utils.media.preview.gui_backend", lambda: None)  # as with the default headless OpenCV
+    src = make_video(tmp_path / "in.mp4", ramp_frames(2, 48, 64))
+    open(tmp_path / "model.pth", "wb").write(b"x")  # never loaded: refused before
+    code, err = _run_in_process(["model.pth", src, "--show"], tmp_path)
+    assert code == 2 and err.count("\n") == 1
+    assert err.startswith("error: --show needs OpenCV with a GUI") and "pip install opencv-python" in err

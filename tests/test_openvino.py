@@ -74,12 +74,11 @@ def test_detections_match_pytorch_detect(setup, precision, kind):
 def test_fp32_predictor_end_to_end_matches_the_torch_predictor(setup, tiny_dataset):
     """uint8 frames → detections in pixels: same pre-processing, Detect and pixel conversion as PyTorch."""
     from data import build_dataset
-    from utils.inference.openvino_runner import predictor_from_openvino
-    from utils.inference.predictor import Predictor
+    from utils.inference import open_predictor
 
     frames = [build_dataset("custom", str(tiny_dataset), "trainval").pull_image(i) for i in range(2)]
-    torch_pred = Predictor.from_checkpoint(setup["ckpt"], score_threshold=0.3)
-    ov_pred = predictor_from_openvino(setup["files"]["nms"], score_threshold=0.3, precision="fp32", threads=1)
+    torch_pred = open_predictor(setup["ckpt"], score_threshold=0.3)
+    ov_pred = open_predictor(setup["files"]["nms"], "openvino", score_threshold=0.3, precision="fp32", threads=1)
     assert ov_pred.class_names == torch_pred.class_names and ov_pred.size == 300
     for ref, got in zip(torch_pred.predict(frames), ov_pred.predict(frames)):
         # a random tiny model scores hundreds of boxes almost alike, so near-ties may keep a few other boxes
@@ -145,15 +144,15 @@ def test_fp32_really_runs_fp32_where_openvino_would_default_to_bf16(setup):
 
 
 def test_size_and_class_count_must_agree_with_the_file(setup):
-    from utils.inference.openvino_runner import predictor_from_openvino
+    from utils.inference import open_predictor
 
     with pytest.raises(UserError, match="SSD300 export, but --size 512"):
-        predictor_from_openvino(setup["files"]["raw"], size=512)
+        open_predictor(setup["files"]["raw"], "openvino", size=512)
     with pytest.raises(UserError, match="has 6 classes, but 21"):
-        predictor_from_openvino(setup["files"]["raw"], num_classes=21)
-    pred = predictor_from_openvino(setup["files"]["raw"], class_names=list("abcde"), device=torch.device("cpu"),
-                                   amp=True)
-    assert pred.class_names == list("abcde")
+        open_predictor(setup["files"]["raw"], "openvino", num_classes=21)
+    pred = open_predictor(setup["files"]["raw"], "openvino", class_names=list("abcde"), device=torch.device("cpu"),
+                          compile=True)
+    assert pred.class_names == list("abcde") and pred.model.precision == "fp32"
 
 
 def test_files_not_exported_by_us_are_refused(tmp_path):
@@ -205,3 +204,65 @@ def test_an_openvino_ir_saved_from_the_onnx_keeps_metadata_and_results(setup, tm
     ir, onnx_file = _runner(xml), _runner(setup["files"]["raw_int8"])
     assert ir.precision == "int8" and ir.class_names == onnx_file.class_names and ir.size == 300
     assert torch.allclose(ir(setup["images"]), onnx_file(setup["images"]), atol=1e-5)
+
+
+def _self_labelled_dataset(tiny_dataset, ckpt, root):
+    """A copy of the tiny dataset whose ground truth is fp32 PyTorch's own best box per image and class, so that
+    fp32 scores a clearly non-zero mAP even with random weights and another backend's mAP measures how far its
+    detections moved from fp32's (a random model's true-label mAP is 0 for every backend: nothing to compare)."""
+    import shutil
+
+    from data import build_dataset
+    from utils.inference import open_predictor
+
+    shutil.copytree(tiny_dataset, root)
+    names = (root / "labels.txt").read_text().split()
+    dataset = build_dataset("custom", str(root), "trainval")
+    pred = open_predictor(ckpt)
+    for i, image_id in enumerate((root / "ImageSets" / "Main" / "trainval.txt").read_text().split()):
+        image = dataset.pull_image(i)
+        det = pred.predict([image])[0]
+        objects = ""
+        for label in sorted(set(det.labels.tolist())):
+            best = det.boxes[det.labels == label][det.scores[det.labels == label].argmax()] + 1  # VOC: 1-based
+            best = np.minimum(best, [image.shape[1], image.shape[0]] * 2)
+            objects += (f"<object><name>{names[label - 1]}</name><difficult>0</difficult><bndbox>"
+                        + "".join(f"<{k}>{v:.2f}</{k}>" for k, v in zip(("xmin", "ymin", "xmax", "ymax"), best))
+                        + "</bndbox></object>")
+        (root / "Annotations" / f"{image_id}.xml").write_text(
+            f"<annotation><size><width>{image.shape[1]}</width><height>{image.shape[0]}</height><depth>3</depth>"
+            f"</size>{objects}</annotation>")
+    return root
+
+
+def test_eval_cli_runs_openvino_int8_end_to_end_close_to_the_fp32_map(make_checkpoint, tiny_dataset, tmp_path):
+    """python -m utils.export --int8 --calib, then eval.py --backend openvino --precision int8: the same JSON as
+    the PyTorch run, OpenVINO fp32's mAP equal to PyTorch's, and int8's within 0.10 of it. (Measured 0.49 fp32,
+    0.46 int8: a random tiny model scores its classes almost alike, so int8 reorders near-ties far more than on
+    a trained model, where issue 19 asks for 1 point.)"""
+    import json
+
+    import eval as eval_cli
+    from utils.export import main as export_main
+
+    names = tuple((tiny_dataset / "labels.txt").read_text().split())
+    ckpt = make_checkpoint(class_names=names)
+    data = _self_labelled_dataset(tiny_dataset, ckpt, tmp_path / "data")
+    fp32, int8 = str(tmp_path / "m.onnx"), str(tmp_path / "m_int8.onnx")
+    assert export_main([ckpt, "-o", fp32]) == 0
+    assert export_main([ckpt, "-o", int8, "--int8", "--calib", str(data), "--calib_images", "4"]) == 0
+    runs = {"torch": [ckpt], "ov-fp32": [fp32, "--backend", "openvino", "--precision", "fp32"],
+            "ov-int8": [int8, "--backend", "openvino", "--precision", "int8"]}
+    results = {}
+    for name, (model, *flags) in runs.items():
+        summary = tmp_path / f"{name}.json"
+        assert eval_cli.main(["--trained_model", model, "--dataset", "custom", "--dataset_root", str(data),
+                              "--set", "trainval", "--device", "cpu", "--num_workers", "0", "--threads", "1",
+                              "--save_folder", str(tmp_path / name), "--json", str(summary), "--no-progress"]
+                             + flags) == 0
+        results[name] = json.loads(summary.read_text())
+    assert results["torch"]["mAP"] > 0.3  # the check below can fail
+    assert results["ov-int8"]["num_images"] == results["torch"]["num_images"]
+    assert set(results["ov-int8"]["ap"]) == set(names)
+    assert results["ov-fp32"]["mAP"] == pytest.approx(results["torch"]["mAP"], abs=1e-6)
+    assert abs(results["ov-int8"]["mAP"] - results["torch"]["mAP"]) <= 0.10

@@ -11,8 +11,9 @@ import cv2
 import numpy as np
 import pytest
 
-from data.synthetic import (DIFFICULT_MIN_SIDE, SHAPE_CLASSES, Shape, generate_dataset, generate_video, main,
+from data.synthetic import (DIFFICULT_MIN_SIDE, SHAPE_CLASSES, Shape, generate_dataset, generate_video,
                             render_shapes, split_ids)
+from data.synthetic.cli import main
 from utils.errors import UserError
 
 

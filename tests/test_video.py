@@ -1,4 +1,5 @@
-"""utils/video.py: probing, streaming decode, atomic encode with audio copy, bad inputs, the pipeline."""
+"""utils/media (ffmpeg, video_reader, video_writer, images, pipeline): probing, streaming decode, atomic encode
+with audio copy, bad inputs, the pipeline."""
 from __future__ import annotations
 
 import os
@@ -10,8 +11,11 @@ import numpy as np
 import pytest
 
 from utils.errors import UserError
-from utils.media.video import (VideoReader, VideoWriter, crf_from_quality, list_images, probe_video, read_image,
-                         run_pipeline, write_image)
+from utils.media.ffmpeg import probe_video
+from utils.media.images import list_images, read_image, write_image
+from utils.media.pipeline import run_pipeline
+from utils.media.video_reader import VideoReader
+from utils.media.video_writer import VideoWriter, crf_from_quality
 
 from tests.video_helpers import audio_codec, decode_all, ffmpeg, make_video, ramp_frames, truncated_video
 

@@ -1,12 +1,16 @@
 """Helpers for the video tests: encode test videos with the ffmpeg binary directly (independent of VideoWriter)."""
 from __future__ import annotations
 
+import re
 import subprocess
 from fractions import Fraction
+from types import SimpleNamespace
 
 import numpy as np
 
-from utils.media.video import VideoReader, ffmpeg_exe, video_pix_fmt
+from utils.media.ffmpeg import ffmpeg_exe
+from utils.media.video_reader import VideoReader
+from utils.media.video_writer import video_pix_fmt
 
 
 def ffmpeg(*args: str) -> None:
@@ -53,3 +57,40 @@ def truncated_video(tmp_path, faststart):
     cut = tmp_path / f"cut{int(faststart)}.mp4"
     cut.write_bytes(data[: len(data) // 2])
     return str(cut)
+
+
+class NoDetections:
+    class_names = ["thing"]
+
+    def predict(self, images):
+        return [SimpleNamespace(boxes=np.zeros((0, 4), np.float32), scores=np.zeros(0, np.float32),
+                                labels=np.zeros(0, np.int64)) for _ in images]
+
+
+def _null_decode(path, stream):
+    """ffmpeg's log after decoding one stream of ``path`` to nothing, timestamps passed through as they are."""
+    return subprocess.run([ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", str(path), "-map", stream,
+                           "-fps_mode", "passthrough", "-f", "null", "-"], capture_output=True, text=True).stderr
+
+
+def count_frames(path):
+    return int(re.findall(r"frame=\s*(\d+)", _null_decode(path, "0:v:0"))[-1])
+
+
+def audio_end(path):
+    """Seconds at which the first audio stream ends (its last decoded timestamp)."""
+    h, m, s = re.findall(r"time=(\d+):(\d+):([\d.]+)", _null_decode(path, "0:a:0"))[-1]
+    return int(h) * 3600 + int(m) * 60 + float(s)
+
+
+def make_clip(path, seconds=2, fps=25, audio=None, audio_seconds=None, delay=0.0, codec="aac", extra=()):
+    """A 64x48 testsrc2 clip; ``audio``: None, or a sine track of ``audio_seconds`` (None: endless, cut by
+    ``-shortest`` as a camera or an editor would) starting ``delay`` s late, encoded with ``codec``."""
+    args = ["-f", "lavfi", "-i", f"testsrc2=size=64x48:rate={fps}:duration={seconds}"]
+    if audio:
+        length = f":duration={audio_seconds}" if audio_seconds else ""
+        args += ["-itsoffset", str(delay)] if delay else []
+        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=44100{length}", "-c:a", codec]
+        args += [] if audio_seconds else ["-shortest"]
+    ffmpeg(*args, "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", *extra, str(path))
+    return str(path)

@@ -139,11 +139,22 @@ def check_writable_folder(folder: str, what: str, remedy: str = "choose another 
 
 
 def add_inference_flags(parser: argparse.ArgumentParser) -> None:
-    """The model-runtime flags eval.py and object_detection.py share: --device, --amp, --compile, --backend."""
+    """The model-runtime flags eval.py and object_detection.py share: --device, --amp, --compile, --backend,
+    --precision, --threads (passed to :func:`utils.inference.open_predictor`, which checks how they combine)."""
     parser.add_argument("--device", default="auto", help="where the model runs: auto, cpu, cuda or cuda:N")
     parser.add_argument("--amp", action="store_true",
-                        help="fast mode: bf16 autocast on CPUs (fp16/bf16 on GPUs) + channels_last")
+                        help="fast mode: bf16 autocast on CPUs (fp16/bf16 on GPUs) + channels_last; the same as "
+                             "--precision bf16 on PyTorch and OpenVINO")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the network (one-off 10-30 s compilation; faster on long runs)")
-    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime"), default="auto",
-                        help="model runtime; auto picks ONNX Runtime for .onnx files (see python -m utils.export)")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "openvino"), default="auto",
+                        help="model runtime; auto picks ONNX Runtime for .onnx files and OpenVINO for .xml files, "
+                             "PyTorch otherwise; openvino runs the same .onnx on the CPU (pip install openvino; see "
+                             "python -m utils.export)")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "int8"), default=None,
+                        help="arithmetic: fp32; bf16 (PyTorch autocast or OpenVINO; needs a CPU with avx512_bf16 "
+                             "or AMX to be fast); int8 (a file written by python -m utils.export MODEL --int8 "
+                             "--calib DATASET_DIR, on onnxruntime or openvino); if not given, what the file is (int8 "
+                             "for an int8 file, else fp32; bf16 with --amp)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="CPU threads for the model; if not given, the runtime's own choice")

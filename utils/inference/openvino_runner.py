@@ -25,23 +25,17 @@ faster than dynamic ones); files with a fixed batch are run in chunks of it by :
 from __future__ import annotations
 
 import os
-import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from utils.cpu import precision_problem
-# the one place this module depends on where the shared runner code and the export metadata reader live
-# (re-point these two imports when they move to utils.inference)
-from utils.loading.exported import parse_metadata
-from utils.inference.runners import ExportedRunner
 from utils.errors import UserError
-from utils.inference.predictor import Predictor
+from utils.inference.runners import ExportedRunner, check_file_precision, file_precision, warn_slow_int8
+from utils.loading.exported import parse_metadata
 
 OPENVINO_MISSING = "openvino is not installed: pip install openvino (needed for --backend openvino)"
-PRECISIONS = ("fp32", "bf16", "int8")
-INT8_META_KEY = "precision"  # written by utils.deploy.quantize into the int8 file's metadata
 _HINTS = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 MAX_COMPILED = 4  # batch sizes kept compiled at once
 
@@ -62,28 +56,14 @@ def read_metadata(model: Any) -> Dict[str, str]:
     return {str(k): model.get_rt_info(["framework", str(k)]).astype(str) for k in keys}
 
 
-def file_precision(props: Dict[str, str]) -> str:
-    """``'int8'`` for files written by utils.deploy.quantize, else ``'fp32'``."""
-    return "int8" if props.get(INT8_META_KEY) == "int8" else "fp32"
-
-
 def check_precision(precision: str, file_kind: str, path: str, capabilities: Sequence[str]) -> None:
     """UserError when ``precision`` cannot run for this file on this CPU; a warning when it runs but slowly."""
-    if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision!r} is not known; use one of {', '.join(PRECISIONS)}", code=2)
-    if (precision == "int8") != (file_kind == "int8"):
-        if precision == "int8":
-            raise UserError(f"{path} is not quantized: --precision int8 needs an int8 file — write one with "
-                            "python -m utils.export MODEL --int8 --calib DATASET_DIR -o FILE.onnx", code=2)
-        raise UserError(f"{path} is an int8 (quantized) file: use --precision int8 with it, or the fp32 export "
-                        f"for --precision {precision}", code=2)
+    check_file_precision(precision, file_kind, path)
     if precision == "bf16" and "BF16" not in capabilities:
         why = precision_problem("bf16") or "OpenVINO reports no bf16 support on this CPU"
         raise UserError(f"--precision bf16 is not available here: {why}", code=2)
     if precision == "int8":
-        why = precision_problem("int8")
-        if why:
-            warnings.warn(f"--precision int8: {why}", stacklevel=3)
+        warn_slow_int8()
 
 
 class OpenVinoRunner(ExportedRunner):
@@ -105,7 +85,7 @@ class OpenVinoRunner(ExportedRunner):
             raise UserError(f"model not found: {path} — check the path or export one with "
                             "`python -m utils.export MODEL --format onnx -o FILE`")
         if threads is not None and threads < 1:
-            raise UserError(f"--threads must be positive, got {threads}", code=2)
+            raise UserError(f"--threads must be at least 1, got {threads}", code=2)
         self.core = ov.Core()
         try:
             self.model = self.core.read_model(path)
@@ -170,30 +150,3 @@ def conv_precisions(compiled: Any) -> Dict[str, int]:
             precision = info["runtimePrecision"].astype(str)
             counts[precision] = counts.get(precision, 0) + 1
     return counts
-
-
-def predictor_from_openvino(path: str, class_names: Optional[Sequence[str]] = None, score_threshold: float = 0.0,
-                            precision: Optional[str] = None, threads: Optional[int] = None,
-                            top_k: Optional[int] = None, conf_thresh: Optional[float] = None,
-                            nms_thresh: Optional[float] = None, size: Optional[int] = None,
-                            num_classes: Optional[int] = None, predictor_cls: Any = None, **ignored: Any) -> Any:
-    """A :class:`utils.inference.predictor.Predictor` running an exported file on OpenVINO (CPU).
-
-    Takes the keyword arguments of ``predictor_from_onnx`` (``device``, ``amp``, ``channels_last``, ``compile``,
-    ``providers``, ``sess_options`` are accepted and ignored: OpenVINO runs on the CPU at ``precision``).
-    ``size`` / ``num_classes``, when given, must agree with the file; ``class_names`` override the file's.
-    """
-    unknown = set(ignored) - {"device", "amp", "channels_last", "compile", "providers", "sess_options"}
-    if unknown:
-        raise TypeError(f"unexpected arguments {sorted(unknown)}")
-    runner = OpenVinoRunner(path, precision, threads, top_k=top_k, conf_thresh=conf_thresh, nms_thresh=nms_thresh)
-    if size is not None and size != runner.size:
-        raise UserError(f"{path} is an SSD{runner.size} export, but --size {size} was asked for — use "
-                        f"--size {runner.size} (or export again at {size})", code=2)
-    if num_classes is not None and num_classes != runner.num_classes:
-        raise UserError(f"{path} has {runner.num_classes} classes, but {num_classes} were asked for", code=2)
-    names: List[str] = list(class_names) if class_names is not None else runner.class_names
-    if len(names) != runner.num_classes - 1:
-        raise UserError(f"{len(names)} class names given for a model with {runner.num_classes - 1} classes ({path})")
-    cls = predictor_cls or Predictor
-    return cls(runner, names, runner.size, torch.device("cpu"), False, score_threshold, False)

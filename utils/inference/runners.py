@@ -6,21 +6,31 @@ expects of a model. Files exported with ``--with-nms`` already produce that tens
 ``scores``, ``priors``) the runner applies the PyTorch :class:`~layers.detection.Detect` with the thresholds stored
 in the file. The file format (metadata, input/output names) is :mod:`utils.loading.exported`.
 
+Precision is a property of the file: an int8 (QDQ) file from ``python -m utils.export MODEL --int8 --calib DIR``
+carries ``precision = int8`` in its metadata (:func:`file_precision`) and runs only as int8; the precision checks
+shared with :mod:`utils.inference.openvino_runner` live here (:func:`check_file_precision`). The OpenVINO runner is
+:class:`utils.inference.openvino_runner.OpenVinoRunner`; :func:`utils.inference.open_predictor` picks the runner.
+
 ``onnxruntime`` is an optional dependency: it is imported only when an ONNX runner is built, and its absence is a
 :class:`~utils.errors.UserError` with the install command.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from layers.detection import Detect
+from utils.cpu import precision_problem
 from utils.errors import UserError
 from utils.loading.exported import INPUT_NAME, load_torchscript, parse_metadata
 
 ORT_MISSING = "onnxruntime is not installed: pip install onnxruntime"
+PRECISIONS = ("fp32", "bf16", "int8")
+PRECISION_KEY = "precision"  # metadata key written by utils.deploy.quantize ("int8"); absent in fp32 exports
+INT8_EXPORT_HINT = "python -m utils.export MODEL --int8 --calib DATASET_DIR -o m_int8.onnx"
 
 
 def _import_onnxruntime() -> Any:
@@ -29,6 +39,38 @@ def _import_onnxruntime() -> Any:
     except ImportError:
         raise UserError(ORT_MISSING) from None
     return onnxruntime
+
+
+def file_precision(props: Dict[str, str]) -> str:
+    """``'int8'`` for files written by :mod:`utils.deploy.quantize` (metadata ``precision = int8``), else
+    ``'fp32'``. ``props``: the file's raw string metadata."""
+    return "int8" if props.get(PRECISION_KEY) == "int8" else "fp32"
+
+
+def check_precision_name(precision: str) -> None:
+    """UserError (usage, code 2) unless ``precision`` is one of :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision!r} is not known; use one of {', '.join(PRECISIONS)}", code=2)
+
+
+def check_file_precision(precision: str, file_kind: str, path: str) -> None:
+    """UserError (code 2) when the precision asked for and the file's disagree: int8 needs a quantized file, and a
+    quantized file runs only as int8 (its weights are int8 already; fp32/bf16 need the fp32 export)."""
+    check_precision_name(precision)
+    if precision == "int8" and file_kind != "int8":
+        raise UserError(f"{path} is not quantized: --precision int8 needs an int8 file — write one with "
+                        f"{INT8_EXPORT_HINT}", code=2)
+    if precision != "int8" and file_kind == "int8":
+        asked = "--precision bf16 (or --amp)" if precision == "bf16" else f"--precision {precision}"
+        raise UserError(f"{path} is an int8 (quantized) file: use --precision int8 with it, or the fp32 export "
+                        f"for {asked}", code=2)
+
+
+def warn_slow_int8() -> None:
+    """int8 runs on any x86 CPU, but without VNNI/AMX it is usually no faster than fp32: say so once."""
+    why = precision_problem("int8")
+    if why:
+        warnings.warn(f"--precision int8: {why}", stacklevel=3)
 
 
 class ExportedRunner:
@@ -136,8 +178,10 @@ class OnnxRunner(ExportedRunner):
         except Exception as exc:  # ORT raises its own exception types for bad files (InvalidProtobuf, Fail, ...)
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise UserError(f"cannot load ONNX model {path}: {first} — export it again") from None
-        meta = parse_metadata(dict(self.session.get_modelmeta().custom_metadata_map), path)
+        self.props: Dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        meta = parse_metadata(self.props, path)
         super().__init__(meta, path, top_k, conf_thresh, nms_thresh)
+        self.precision = file_precision(self.props)  # what the file is: fp32 or int8 (QDQ)
         self.input_name = INPUT_NAME
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -170,6 +214,18 @@ def load_exported(path: str, fmt: Optional[str] = None, **kwargs: Any) -> Export
     if fmt == "torchscript":
         return TorchScriptRunner(path, **kwargs)
     raise ValueError(f"unknown export format {fmt!r}")
+
+
+def session_options(threads: Optional[int] = None) -> Any:
+    """``onnxruntime.SessionOptions`` running on ``threads`` intra-op threads (None: ONNX Runtime's defaults,
+    returned as None)."""
+    if threads is None:
+        return None
+    if threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}", code=2)
+    options = _import_onnxruntime().SessionOptions()
+    options.intra_op_num_threads = int(threads)
+    return options
 
 
 def default_providers(device: Optional[torch.device] = None) -> List[str]:

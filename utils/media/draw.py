@@ -11,11 +11,12 @@ import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
 
+import cv2
 import numpy as np
 
 Color = Tuple[int, int, int]
 
-_FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX (a literal: cv2 is imported lazily)
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 
 @functools.lru_cache(maxsize=8)
@@ -91,8 +92,6 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, sc
     Every stroke and tag lies inside the frame: boxes are clipped, tags go above the box when
     there is room, else just inside its top edge, and are shifted left/up to fit.
     """
-    import cv2
-
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 [H, W, 3] image, got {image.shape} {image.dtype}")
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
@@ -123,8 +122,6 @@ def draw_detections(image: np.ndarray, boxes: np.ndarray, labels: np.ndarray, sc
 
 def _draw_tag(image: np.ndarray, text: str, x: int, y: int, fill: Color, style: DrawStyle) -> None:
     """A filled tag whose bottom-left sits at the box's top-left corner, moved to stay in frame."""
-    import cv2
-
     h, w = image.shape[:2]
     (tw, th), base = cv2.getTextSize(text, _FONT, style.font_scale, style.font_thickness)
     tag_w, tag_h = tw + 2 * style.pad, th + base + 2 * style.pad
