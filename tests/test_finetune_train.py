@@ -87,7 +87,7 @@ def test_architecture_flags_that_disagree_with_the_pretrained_file_are_one_usage
     assert exc.value.code == 2
     assert exc.value.message == (
         "--pretrained shapes.pth is an SSD300 of width 0.125, with BatchNorm, vgg stem, COCO default boxes; "
-        "--width 0.25 and --batch_norm False and --stem s2 and --prior_scales voc disagree — leave them out (a "
+        "--width 0.25 and --no-batch_norm and --stem s2 and --prior_scales voc disagree — leave them out (a "
         "fine-tuning run keeps the pretrained model's architecture)")
     with pytest.raises(UserError, match="--size 512 disagree"):
         _resolve(base + ["--size", "512"], config)

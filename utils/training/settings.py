@@ -102,12 +102,18 @@ def _disagrees(key: str, given: Any, wanted: Any) -> bool:
     return given != wanted
 
 
+def _as_flag(key: str, value: Any) -> str:
+    if key == "batch_norm":
+        return "--batch_norm" if value else "--no-batch_norm"
+    return f"--{key} {value}"
+
+
 def apply_pretrained(out: argparse.Namespace, explicit: Set[str], config: ModelConfig, name: str) -> None:
     """A fine-tuning run's architecture and conventions are the pretrained file's (``config``); architecture flags
     given explicitly must agree with it (one usage error naming every one that does not)."""
     arch = architecture_of(config)
-    wrong = [f"--{k} {getattr(out, k)}" for k in ARCHITECTURE if k in explicit and _disagrees(k, getattr(out, k),
-                                                                                               arch[k])]
+    wrong = [_as_flag(k, getattr(out, k)) for k in ARCHITECTURE
+             if k in explicit and _disagrees(k, getattr(out, k), arch[k])]
     if wrong:
         raise UserError(f"--pretrained {name} is an SSD{config.size} of width {config.width:g}, "
                         f"{'with' if config.batch_norm else 'without'} BatchNorm, {config.stem} stem, "
