@@ -194,7 +194,8 @@ def test_classes_draws_only_the_chosen_shapes_and_lists_them_in_order(tmp_path):
     root = tmp_path / "three"
     summary = generate_dataset(str(root), 40, seed=1, classes=["Star", "circle", "ring"])
     assert open(root / "labels.txt").read().split() == ["star", "circle", "ring"] == summary["class_names"]
-    names = {name for f in os.listdir(root / "Annotations") for name, _, _ in _objects(str(root / "Annotations" / f))[1]}
+    names = {name for f in os.listdir(root / "Annotations")
+             for name, _, _ in _objects(str(root / "Annotations" / f))[1]}
     assert names == {"star", "circle", "ring"}
     assert set(summary["objects_per_class"]) == names and all(v > 0 for v in summary["objects_per_class"].values())
     coco = json.load(open(root / "annotations" / "instances_trainval.json"))
