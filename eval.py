@@ -30,6 +30,7 @@ from utils.io import atomic_write
 from utils.metrics.coco import load_coco_gt
 from utils.metrics.evaluation import coco_json_path, evaluate_model, json_summary, plot_pr_curves, score_results
 from utils.metrics.voc import format_ap_table
+from weights.hub import resolve_model_path
 
 DEFAULT_MODEL = "weights/ssd300_mAP_77.43_v2.pth"
 DEFAULT_ROOTS = {"voc": "~/data/VOCdevkit", "coco": "~/data/coco"}
@@ -44,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser("eval.py", description="Evaluate an SSD on VOC / COCO / a custom dataset, or score saved results files.",
                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--trained_model", default=DEFAULT_MODEL,
-                   help="checkpoint: an ssd.pytorch .pth or one of this repo's training checkpoints")
+                   help="checkpoint (an ssd.pytorch .pth or one of this repo's training checkpoints), an exported "
+                        "model, or a pretrained model name (python -m weights list)")
     p.add_argument("--save_folder", default="eval/", help="where the results files are written")
     p.add_argument("--confidence_threshold", type=score_threshold, default=0.01,
                    help="per-class score threshold before NMS")
@@ -119,6 +121,7 @@ def run_model(args: argparse.Namespace, root: str, set_name: str) -> Dict[str, A
     _check_output_folder(args.save_folder)
     if args.json_path:  # before the (long) evaluation, not after it
         _check_output_folder(os.path.dirname(os.path.abspath(args.json_path)), "--json folder")
+    args.trained_model = resolve_model_path(args.trained_model)  # a model name -> its cached file; a path wins
     predictor = open_predictor(args.trained_model, args.backend, device=device, amp=args.amp, compile=args.compile,
                                size=args.size, top_k=args.top_k, conf_thresh=args.confidence_threshold,
                                precision=args.precision, threads=args.threads)

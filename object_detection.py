@@ -204,7 +204,7 @@ def load_predictor(args: argparse.Namespace) -> Any:
         # changes nothing at or above it, and saves work
         return open_predictor(model, args.backend, device=device, amp=args.amp, compile=args.compile,
                               class_names=names, num_classes=num_classes, size=args.size, top_k=args.top_k,
-                              conf_thresh=args.threshold)
+                              conf_thresh=args.threshold, precision=args.precision, threads=args.threads)
     except UserError:
         raise
     except (RuntimeError, ValueError, OSError, KeyError, EOFError) as exc:  # anything the loader didn't word

@@ -4,9 +4,8 @@
   contracts in ``.importlinter``: layers, leaf helpers, no cycles.
 * ssd.py is a top-level module, which import-linter cannot analyse: its imports are checked here.
 * No module imports inside a function, except to defer a heavy optional package (``OPTIONAL_PACKAGES``). Imports
-  inside functions hid the import cycles of issue 16; ``PENDING`` lists the files still doing it, awaiting their
-  owner's cleanup (shrink it, never grow it). tests/ is not scanned: tests import optional packages inside test
-  functions on purpose (to skip when they are missing).
+  inside functions hid the import cycles of issue 16. tests/ is not scanned: tests import optional packages inside
+  test functions on purpose (to skip when they are missing).
 """
 from __future__ import annotations
 
@@ -24,40 +23,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # heavy or optional packages whose import is deferred to the function that needs it (PLAN.md / issue 16 item 6)
 OPTIONAL_PACKAGES = {"onnx", "onnxruntime", "openvino", "nncf", "matplotlib", "pycocotools", "tensorboard",
                      "torch.utils.tensorboard", "torchvision.models.detection"}
-
-# files with function-level imports of project modules or required packages, pending cleanup by their owners
-# (issue 16 phase 2): path -> the modules imported inside functions today. A path without ".py" is a module being
-# split into a package by its owner right now: it covers "<path>.py" and every file under "<path>/". Entries may
-# only shrink.
-PENDING: Dict[str, Set[str]] = {
-    "train.py": {"data", "data.config", "data.transforms", "layers.multibox_loss", "ssd", "torch.utils.data",
-                 "tqdm", "utils.device", "utils.inference.predictor", "utils.loading.checkpoint",
-                 "utils.metrics.evaluation", "utils.training"},
-    "object_detection.py": {"data.coco", "data.config", "data.voc0712", "tqdm", "utils.device", "utils.inference"},
-    "data/synthetic": {"imageio_ffmpeg"},
-    "utils/training": {"layers.matching", "torch.distributed"},
-    "utils/loading/checkpoint.py": {"data.coco", "data.voc0712"},
-    "utils/media": {"cv2", "imageio_ffmpeg"},
-    "weights/convert_vgg.py": {"utils.io", "utils.loading.checkpoint"},
-    "benchmarks/bench_eval_memory.py": {"data.custom", "data.synthetic", "ssd", "torch", "utils.loading.checkpoint"},
-    "benchmarks/bench_export.py": {"utils.deploy.export", "utils.deploy.runners", "utils.io"},
-    "benchmarks/bench_train.py": {"layers.matching", "layers.multibox_loss", "ssd", "utils.device", "utils.io",
-                                  "utils.training"},
-    "benchmarks/bench_video_memory.py": {"numpy", "object_detection", "torch", "types", "utils.device",
-                                         "utils.inference.predictor", "utils.media.video"},
-    "benchmarks/benchmark.py": {"data.synthetic", "object_detection", "utils.media.video"},
-    "benchmarks/recipe_sweep.py": {"torch"},
-}
-
-
-def pending_for(path: str) -> Set[str]:
-    """The PENDING allowance of ``path`` (a file, or a file under a module being split into a package)."""
-    allowed: Set[str] = set()
-    for key, modules in PENDING.items():
-        if path == key or (not key.endswith(".py") and (path == key + ".py" or path.startswith(key + "/"))):
-            allowed |= modules
-    return allowed
-
 
 def _python_files() -> List[str]:
     out = []
@@ -122,12 +87,6 @@ def test_ssd_imports_only_data_layers_and_leaf_helpers():
     assert not bad, f"ssd.py imports higher layers: {bad}"
 
 
-def test_pending_entries_cover_modules_being_split_into_packages():
-    assert "imageio_ffmpeg" in pending_for("data/synthetic.py") and pending_for("data/synthetic/video.py")
-    assert pending_for("utils/media/pipeline.py") == {"cv2", "imageio_ffmpeg"}
-    assert pending_for("data/custom.py") == set() and pending_for("utils/mediafoo.py") == set()
-
-
 def test_function_level_imports_are_flagged():
     source = ("import os\ndef f():\n    import ssd\n    from utils.io import atomic_write\n    import onnx\n"
               "    import matplotlib.pyplot\nclass A:\n    def g(self):\n        import pycocotools.coco\n"
@@ -140,8 +99,7 @@ def test_no_imports_inside_functions_except_optional_packages():
     for path in _python_files():
         with open(os.path.join(ROOT, path), encoding="utf-8") as fh:
             found = function_level_imports(fh.read())
-        extra = found - pending_for(path)
-        if extra:
-            new[path] = sorted(extra)
+        if found:
+            new[path] = sorted(found)
     assert not new, ("imports inside functions (move them to the top of the module; only heavy optional packages "
                      f"{sorted(OPTIONAL_PACKAGES)} may be deferred): {new}")

@@ -25,6 +25,7 @@ from utils.errors import UserError, run_cli
 from utils.labels import read_class_names
 from utils.loading.checkpoint import load_model
 from utils.loading.names import resolve_class_names
+from weights.hub import resolve_model_path
 
 
 def _parse_batch(value: str) -> Optional[int]:
@@ -42,7 +43,7 @@ def _parse_batch(value: str) -> Optional[int]:
 def build_parser() -> argparse.ArgumentParser:
     p = Parser("-m utils.export", description="Export an SSD checkpoint to ONNX (for ONNX Runtime and OpenVINO, "
                                                "fp32 or calibrated int8) or TorchScript.")
-    p.add_argument("model", help="checkpoint (.pth): ssd.pytorch weights or a training checkpoint")
+    p.add_argument("model", help="checkpoint (.pth): ssd.pytorch weights, a training checkpoint, or a pretrained model name (python -m weights list)")
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx",
                    help="onnx runs on ONNX Runtime and on OpenVINO (eval.py / object_detection.py --backend "
                         "onnxruntime|openvino read the same .onnx; no separate OpenVINO format is needed)")
@@ -119,6 +120,7 @@ def _report_check(args: argparse.Namespace, model: SSD) -> int:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     _check_settings(args)
+    args.model = resolve_model_path(args.model)  # a model name (ssd300-coco, ...) -> its cached file; a path wins
     model, meta = load_model(args.model, "test", size=args.size, top_k=args.top_k, conf_thresh=args.conf_thresh,
                              nms_thresh=args.nms_thresh)
     given = read_class_names(args.class_names, what="class names file", code=2) if args.class_names else None
