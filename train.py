@@ -4,6 +4,7 @@
     python train.py --dataset custom --dataset_root DIR --preset cpu-demo --max_iter 3000
     torchrun --nproc_per_node 4 train.py --batch_size 8   # DistributedDataParallel, batch 8 per process
     python train.py --resume weights/ssd300_VOC_latest.txt # (or a .pth, or `latest`) continue exactly
+    python train.py --dataset custom --dataset_root DIR --pretrained ssd300-coco  # fine-tune onto your classes
 
 Iteration-based loop over an endless reshuffled sampler; linear warm-up, then step decay at --lr_steps (or
 cosine); optional AMP (bf16 autocast, fp16 with loss scaling); atomic checkpoints ``ssd{size}_{dataset}_{iter}.pth``
@@ -30,10 +31,11 @@ import torch
 from utils.cli import (Parser, batch_size, check_writable_folder, float_in, non_negative_int, positive_float,
                        positive_int, str2bool)
 from utils.device import resolve_device
-from utils.errors import run_cli
+from utils.errors import UserError, run_cli
 from utils.training.budget import MEASURE_ITERATIONS, SKIP_ITERATIONS
 from utils.training.distributed import cleanup_distributed, init_distributed, process_device
 from utils.training.hooks import TestHooks
+from utils.training.pretrained import PretrainedSource
 from utils.training.resume import ResumeSource, resolve_resume_path
 from utils.training.settings import (AUTO, DATASETS, DEFAULTS, PRESET_NAMES, cpu_bf16, resolve_settings,
                                      validate)
@@ -96,13 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vgg (default, the paper) or s2: conv1_1 a 7x7 stride-2 conv and no pool1, so the first "
                         "block runs at half resolution (CPU demos; from scratch only)")
     g.add_argument("--basenet", default=None,
-                   help="ImageNet VGG-16 weights (vgg16_reducedfc.pth), looked up in --save_folder or as a path; "
-                        "'none' trains from scratch. Default: vgg16_reducedfc.pth for the paper's model, none "
-                        "with --width/--batch_norm")
+                   help="ImageNet VGG-16 weights (vgg16_reducedfc.pth), looked up in --save_folder or as a path, "
+                        "else a registry name (vgg16-reducedfc, vgg16-imagenet: downloaded once); 'none' trains "
+                        "from scratch. Default: vgg16_reducedfc.pth for the paper's model, none with "
+                        "--width/--batch_norm")
+    g.add_argument("--pretrained", default=None, metavar="NAME|PATH",
+                   help="fine-tune: start a new run from a trained SSD of any class set (a file, or a name of "
+                        "python -m weights list, e.g. ssd300-coco). Its architecture is used; every layer but the "
+                        "class heads is loaded, and the head rows of classes whose names match the dataset's "
+                        "(case-insensitive, VOC/COCO synonyms) and of the background; the other classes start "
+                        "from scratch. Prints which classes were transferred")
     g.add_argument("--freeze", choices=("auto", "none", "conv1", "conv2", "conv3"), default=None,
                    help="VGG blocks kept fixed (no update, no backward through them). auto (default): conv2 "
                         "(conv1_1..conv2_2, as the original Caffe SSD) when pre-trained weights are loaded "
-                        "(--basenet or a bare --resume), none from scratch. ssd.pytorch trained all: --freeze none")
+                        "(--basenet, --pretrained or a bare --resume), none from scratch. ssd.pytorch trained "
+                        "all: --freeze none")
     g.add_argument("--sync_bn", action="store_true", default=None,
                    help="with --batch_norm under torchrun on GPUs: synchronise BatchNorm statistics across GPUs")
 
@@ -188,6 +198,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[argparse.Namespace
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ns, explicit = parse_args(argv)
+    if ns.pretrained and ns.resume:
+        raise UserError("--pretrained starts a new run from a trained model and --resume continues a run — give "
+                        "one (a fine-tuning run continues with --resume alone: its checkpoints keep the rest)", code=2)
+    pretrained = PretrainedSource.open(ns.pretrained) if ns.pretrained else None
     resume: Optional[ResumeSource] = None
     if ns.resume:
         # `--resume latest` looks for ssd{size}_{dataset}_* in --save_folder: those three come from the flags
@@ -197,7 +211,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     device = resolve_device(ns.device if ns.device is not None else DEFAULTS["device"], ns.cuda)
     s = resolve_settings(ns, explicit, resume.config if resume else None, device.type == "cuda" or cpu_bf16(),
-                         device.type)
+                         device.type, pretrained.config if pretrained else None)
     validate(s, RANGES)
     check_writable_folder(s.save_folder, "--save_folder")
     if s.threads:
@@ -206,7 +220,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     dist = init_distributed(device.type)
     try:
-        return train(s, explicit, process_device(device, dist), dist, resume, hooks)
+        return train(s, explicit, process_device(device, dist), dist, resume, hooks, pretrained)
     finally:
         cleanup_distributed(dist)
 

@@ -8,14 +8,13 @@ import torch
 
 tv_detection = pytest.importorskip("torchvision.models.detection")
 
-import layers.detection  # noqa: E402
 from data.coco import COCO_CATEGORY_IDS, COCO_CLASSES  # noqa: E402
 from data.config import MEANS, get_config  # noqa: E402
 from layers.prior_box import PriorBox  # noqa: E402
 from utils.errors import UserError  # noqa: E402
-from utils.inference import Predictor  # noqa: E402
+from utils.inference import open_predictor  # noqa: E402
 from utils.loading.checkpoint import load_model  # noqa: E402
-from weights.behaviour import TORCHVISION, apply_behaviour  # noqa: E402
+from weights.behaviour import TORCHVISION  # noqa: E402
 from weights.convert_torchvision import convert_file, main as convert_main  # noqa: E402
 
 KEEP = [0] + list(COCO_CATEGORY_IDS)  # torchvision class indices of our classes 0..80
@@ -95,10 +94,10 @@ def test_class_rows_are_the_coco_category_ids_per_anchor(converted, torchvision_
     assert COCO_CLASSES[11] == "stop sign" and KEEP[12] == 13
 
 
-def test_predictor_matches_torchvision_detections_on_a_300x300_frame(converted, torchvision_ssd, tmp_path,
-                                                                     monkeypatch):
-    """With torchvision's post-processing (wh-clipped priors, clip before NMS, 400 candidates, 200 per image) our
-    Predictor's boxes, scores and labels equal torchvision's ``model(images)``. Random weights, adjusted so both
+def test_predictor_matches_torchvision_detections_on_a_300x300_frame(converted, torchvision_ssd, tmp_path):
+    """The converted file opened the plain way (``open_predictor``) runs with the post-processing it records
+    (torchvision's: wh-clipped priors, clip before NMS, 400 candidates, 200 per image), so its boxes, scores and
+    labels equal torchvision's ``model(images)``. Random weights, adjusted so both
     sides see the same problem: the 10 unused COCO ids get a -1e4 bias (softmax over 91 = softmax over the kept
     81), the box regression is scaled down (torchvision clamps log-size offsets above log(1000/16), our decode
     does not), and torchvision's mean is set to exactly (123, 117, 104)/255."""
@@ -114,14 +113,9 @@ def test_predictor_matches_torchvision_detections_on_a_300x300_frame(converted, 
     tv.transform.image_mean = [m / 255 for m in MEANS]
     path = tmp_path / "tv.pth"
     torch.save(tv.state_dict(), path)
-    ckpt = convert_file(str(path), str(tmp_path / "ours.pth"))
-    model, meta = load_model(str(tmp_path / "ours.pth"), "test")
-    apply_behaviour(model, meta["config"])
-    # Detect's clip before NMS (issue 17: a ``clip`` flag in layers.detection.Detect): boxes clamped after decode
-    decode = layers.detection.decode
-    monkeypatch.setattr(layers.detection, "decode", lambda *a: decode(*a).clamp(0, 1))
+    convert_file(str(path), str(tmp_path / "ours.pth"))
     frame = np.random.default_rng(0).integers(0, 256, (300, 300, 3), dtype=np.uint8)
-    ours = Predictor(model, ckpt["class_names"], 300).predict([frame])[0]
+    ours = open_predictor(str(tmp_path / "ours.pth")).predict([frame])[0]
     with torch.no_grad():
         theirs = tv([torch.from_numpy(frame).permute(2, 0, 1).float() / 255])[0]
     labels = torch.tensor(KEEP)[torch.from_numpy(ours.labels)]

@@ -188,3 +188,43 @@ def test_video_rejects_unsupported_extension_without_leaving_files(tmp_path):
         generate_video(str(tmp_path / "clip.gif"), num_frames=2)
     assert info.value.code == 2 and "clip.gif" in info.value.message
     assert os.listdir(tmp_path) == []
+
+
+def test_classes_draws_only_the_chosen_shapes_and_lists_them_in_order(tmp_path):
+    root = tmp_path / "three"
+    summary = generate_dataset(str(root), 40, seed=1, classes=["Star", "circle", "ring"])
+    assert open(root / "labels.txt").read().split() == ["star", "circle", "ring"] == summary["class_names"]
+    names = {name for f in os.listdir(root / "Annotations")
+             for name, _, _ in _objects(str(root / "Annotations" / f))[1]}
+    assert names == {"star", "circle", "ring"}
+    assert set(summary["objects_per_class"]) == names and all(v > 0 for v in summary["objects_per_class"].values())
+    coco = json.load(open(root / "annotations" / "instances_trainval.json"))
+    assert [(c["id"], c["name"]) for c in coco["categories"]] == [(1, "star"), (2, "circle"), (3, "ring")]
+    assert {a["category_id"] for a in coco["annotations"]} == {1, 2, 3}
+    # all five in their order draw what the default draws, byte for byte
+    generate_dataset(str(tmp_path / "default"), 6, seed=4)
+    generate_dataset(str(tmp_path / "all"), 6, seed=4, classes=list(SHAPE_CLASSES))
+    assert _tree_digest(str(tmp_path / "default")) == _tree_digest(str(tmp_path / "all"))
+
+
+def test_classes_cli_refuses_an_unknown_shape_listing_the_available_ones(tmp_path):
+    assert main(["--out", str(tmp_path / "two"), "--num", "4", "--classes", "square,triangle"]) == 0
+    assert open(tmp_path / "two" / "labels.txt").read().split() == ["square", "triangle"]
+    for bad, why in (("circle,hexagon", "unknown shape 'hexagon'"), ("ring,ring", "ring is given twice"),
+                     (",", "no shape given")):
+        with pytest.raises(UserError) as info:
+            main(["--out", str(tmp_path / "bad"), "--num", "2", "--classes", bad])
+        assert info.value.code == 2 and "\n" not in info.value.message
+        assert info.value.message.startswith(f"argument --classes: {why}")
+        if "unknown" in why:
+            assert "the shapes are circle, square, triangle, star, ring" in info.value.message
+    assert not (tmp_path / "bad").exists()
+
+
+def test_video_draws_only_the_chosen_shapes(tmp_path):
+    path = str(tmp_path / "rings.mp4")
+    generate_video(path, num_frames=6, fps=6.0, width=96, height=64, seed=3, classes=["ring"])
+    gt = json.load(open(path + ".json"))
+    objects = [o for frame in gt["frames"] for o in frame]
+    assert gt["class_names"] == ["ring"] and objects
+    assert {(o["label"], o["name"]) for o in objects} == {(0, "ring")}

@@ -39,8 +39,7 @@ import torch
 
 from data.coco import COCO_CATEGORY_IDS, COCO_CLASSES
 from utils.errors import UserError, run_cli
-from utils.io import atomic_write
-from utils.loading.checkpoint import read_checkpoint, split_checkpoint
+from utils.loading.checkpoint import read_checkpoint, save_checkpoint, split_checkpoint
 from utils.loading.config import ModelConfig
 from weights.behaviour import TORCHVISION
 
@@ -121,8 +120,7 @@ def convert_torchvision_ssd(state: Mapping[str, torch.Tensor], keep: Optional[Se
     for k in range(6):
         for param in ("weight", "bias"):
             out[f"conf.{k}.{param}"] = select_class_rows(state[f"{CONF_PREFIX}{k}.{param}"].float(), num, [0] + keep)
-    config = ModelConfig(size=300, num_classes=len(keep) + 1, prior_config="COCO").to_dict()
-    config.update(TORCHVISION)
+    config = ModelConfig(size=300, num_classes=len(keep) + 1, prior_config="COCO", **TORCHVISION).to_dict()
     config["source"] = SOURCE
     return {"model": out, "class_names": list(class_names), "config": config}
 
@@ -133,8 +131,7 @@ def convert_file(src: str, dst: str) -> Dict[str, object]:
         raise UserError(f"output would overwrite the input: {dst} — choose another -o path", code=2)
     state, _ = split_checkpoint(read_checkpoint(src), src)
     ckpt = convert_torchvision_ssd(state, path=src)
-    with atomic_write(dst, suffix=".tmp") as tmp:
-        torch.save(ckpt, tmp)
+    save_checkpoint(ckpt, dst)  # atomic; a full disk is one line naming dst
     return ckpt
 
 

@@ -23,8 +23,7 @@ from typing import Dict, Mapping, Optional, Sequence
 import torch
 
 from utils.errors import UserError, run_cli
-from utils.io import atomic_write
-from utils.loading.checkpoint import read_checkpoint, split_checkpoint
+from utils.loading.checkpoint import read_checkpoint, save_checkpoint, split_checkpoint
 
 # torchvision's vgg16 ``features`` indices of the 13 convolutions, with (out, in) channels. SSD's ``vgg`` list
 # has its convolutions at the same indices (its pools differ only in ceil_mode), then conv6 at 31, conv7 at 33.
@@ -112,8 +111,7 @@ def convert_file(src: str, dst: str, fold_input_norm: bool = False) -> Dict[str,
     state, _ = split_checkpoint(read_checkpoint(src), src)
     check_vgg16_state_dict(state, src)
     out = convert_vgg16(state, fold_input_norm)
-    with atomic_write(dst, suffix=".tmp") as tmp:
-        torch.save(out, tmp)
+    save_checkpoint(out, dst)  # atomic; a full disk is one line naming dst
     return out
 
 

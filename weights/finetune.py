@@ -51,7 +51,8 @@ class Transfer:
     def summary(self) -> str:
         moved = ", ".join(t if t == s else f"{t} (from {s})" for t, s in self.transferred) or "none"
         fresh = ", ".join(self.new) or "none"
-        return f"{len(self.transferred)} classes transferred: {moved}; {len(self.new)} new: {fresh}"
+        n = len(self.transferred)
+        return f"{n} class{'' if n == 1 else 'es'} transferred: {moved}; {len(self.new)} new: {fresh}"
 
 
 def _is_class_head(key: str) -> bool:

@@ -25,8 +25,7 @@ from typing import Callable, Dict, Optional
 import torch
 
 from utils.errors import UserError
-from utils.io import atomic_write
-from utils.loading.checkpoint import read_checkpoint, split_checkpoint
+from utils.loading.checkpoint import read_checkpoint, save_checkpoint, split_checkpoint
 from utils.loading.names import default_class_names
 from utils.loading.config import ModelConfig
 from weights import convert_torchvision, convert_vgg, registry
@@ -112,10 +111,9 @@ def _bgr_to_rgb(src: str, dst: str) -> None:
     config = ModelConfig.from_state(state, None, src).to_dict()
     state = dict(state)
     state["vgg.0.weight"] = state["vgg.0.weight"].flip(1).contiguous()
-    config.update({"input_order": "RGB", "conv1_input_flipped_from": "BGR",
+    config.update({"conv1_input_flipped_from": "BGR",
                    "source": "ssd.pytorch ssd_300_VOC0712.pth (Caffe SSD trained on BGR; conv1_1 channels reversed)"})
-    with atomic_write(dst, suffix=".tmp") as tmp:
-        torch.save({"model": state, "class_names": default_class_names(config["num_classes"]), "config": config}, tmp)
+    save_checkpoint({"model": state, "class_names": default_class_names(config["num_classes"]), "config": config}, dst)
 
 
 CONVERTERS: Dict[str, Callable[[str, str], None]] = {

@@ -5,9 +5,12 @@
     DIR/JPEGImages/<id>.jpg                     ids 000001, 000002, ...
     DIR/Annotations/<id>.xml                    VOC XML: <size>, <object><name>/<truncated>/<difficult>/<bndbox>
     DIR/ImageSets/Main/{train,val,test,trainval}.txt
-    DIR/labels.txt                              circle, square, triangle, star, ring
+    DIR/labels.txt                              circle, square, triangle, star, ring (or the --classes subset)
     DIR/annotations/instances_{train,val,test,trainval}.json   the same boxes as COCO JSON
     DIR/synthetic.json                          the arguments and counts
+
+``--classes circle,square,triangle`` draws only those shapes (labels.txt, the COCO categories and the summary list
+only them, in that order); an unknown name is a usage error listing the shapes.
 
 Content: five classes that differ in form (circle/ellipse, square/rectangle, triangle, five-pointed star,
 ring = annulus showing the background through its hole) with random colours, outlines, sizes from 12 px to
@@ -42,10 +45,10 @@ from data.synthetic.dataset import (DEFAULT_TEST_FRAC, DEFAULT_VAL_FRAC, coco_da
                                     split_ids, voc_xml)
 from data.synthetic.scene import random_shape, render_image
 from data.synthetic.shapes import (DIFFICULT_MIN_SIDE, DIFFICULT_OCCLUSION, MIN_VISIBLE_PIXELS, SHAPE_CLASSES,
-                                   ObjectAnnotation, Shape, render_shapes)
+                                   ObjectAnnotation, Shape, render_shapes, shape_indices)
 from data.synthetic.video import generate_video
 
 __all__ = ["DEFAULT_TEST_FRAC", "DEFAULT_VAL_FRAC", "DIFFICULT_MIN_SIDE", "DIFFICULT_OCCLUSION", "MIN_VISIBLE_PIXELS",
            "SHAPE_CLASSES", "ObjectAnnotation", "Shape", "add_noise", "coco_dataset", "draw_clutter",
            "generate_dataset", "generate_video", "load_photos", "make_background", "make_noise_bank", "random_shape",
-           "render_image", "render_shapes", "split_ids", "voc_xml"]
+           "render_image", "render_shapes", "shape_indices", "split_ids", "voc_xml"]

@@ -2,12 +2,23 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
 
 from data.synthetic.dataset import DEFAULT_TEST_FRAC, DEFAULT_VAL_FRAC, generate_dataset
+from data.synthetic.shapes import SHAPE_CLASSES, shape_indices
 from data.synthetic.video import generate_video
 from utils.cli import Parser
 from utils.errors import UserError
+
+
+def shape_list(text: str) -> List[str]:
+    """``--classes circle,square``: the names, checked (an unknown one is a usage error listing the shapes)."""
+    names = [n.strip().lower() for n in text.split(",") if n.strip()]
+    try:
+        shape_indices(names)
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(exc.message.split(": ", 1)[-1]) from None
+    return names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -20,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-frac", type=float, default=DEFAULT_TEST_FRAC, help="fraction for test (default 0.15); "
                    "train gets the rest")
     p.add_argument("--backgrounds", help="optional folder of photos used as some of the backgrounds")
+    p.add_argument("--classes", type=shape_list, default=None, metavar="NAMES",
+                   help=f"draw only these shapes, comma-separated, e.g. circle,square,triangle (labels.txt lists "
+                        f"them in this order); default all: {','.join(SHAPE_CLASSES)}")
     p.add_argument("--video", help="also write a synthetic video here (.mp4/.mkv/.mov/.avi) + PATH.json")
     p.add_argument("--frames", type=int, default=150, help="video frames (default 150)")
     p.add_argument("--fps", type=float, default=30.0, help="video frame rate (default 30)")
@@ -35,11 +49,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         raise UserError("nothing to do: pass --out DIR (dataset) and/or --video PATH", code=2)
     if args.out:
         s = generate_dataset(args.out, args.num, args.seed, args.val_frac, args.test_frac, args.backgrounds,
-                             progress=True)
+                             progress=True, classes=args.classes)
         print(f"wrote {s['num_images']} images ({s['num_objects']} objects, {s['num_difficult']} difficult; "
               f"splits {s['splits']}) to {s['out']} in {s['seconds']:.1f} s ({s['images_per_s']:.0f} images/s)")
     if args.video:
-        v = generate_video(args.video, args.frames, args.fps, args.width, args.height, args.seed, args.audio)
+        v = generate_video(args.video, args.frames, args.fps, args.width, args.height, args.seed, args.audio,
+                           classes=args.classes)
         print(f"wrote {v['num_frames']} frames {v['width']}x{v['height']} @ {v['fps']:g} fps"
               f"{' with audio' if v['audio'] else ''} to {v['path']} (ground truth {v['ground_truth']})")
     return 0

@@ -17,7 +17,7 @@ import numpy as np
 from data.common import read_image_rgb
 from data.synthetic.backgrounds import make_noise_bank
 from data.synthetic.scene import render_image
-from data.synthetic.shapes import SHAPE_CLASSES, ObjectAnnotation
+from data.synthetic.shapes import ALL_SHAPES, SHAPE_CLASSES, ObjectAnnotation, shape_indices
 from utils.errors import UserError
 
 DEFAULT_VAL_FRAC = 0.05
@@ -41,20 +41,22 @@ def voc_xml(image_id: str, filename: str, width: int, height: int, anns: Sequenc
             f"{objs}</annotation>\n")
 
 
-def coco_dataset(entries: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """COCO detection JSON for ``entries`` = ``{'id', 'file_name', 'width', 'height', 'anns'}``."""
+def coco_dataset(entries: Sequence[Dict[str, Any]], classes: Sequence[int] = ALL_SHAPES) -> Dict[str, Any]:
+    """COCO detection JSON for ``entries`` = ``{'id', 'file_name', 'width', 'height', 'anns'}``; the categories
+    are the dataset's shapes ``classes`` (indices into ``SHAPE_CLASSES``), ids 1.. in that order."""
+    category = {label: i + 1 for i, label in enumerate(classes)}
     images, annotations = [], []
     for e in entries:
         images.append({"id": e["id"], "file_name": e["file_name"], "width": e["width"], "height": e["height"]})
         for a in e["anns"]:
             x0, y0, x1, y1 = a.box
             bw, bh = x1 - x0, y1 - y0
-            annotations.append({"id": len(annotations) + 1, "image_id": e["id"], "category_id": a.label + 1,
+            annotations.append({"id": len(annotations) + 1, "image_id": e["id"], "category_id": category[a.label],
                                 "bbox": [x0, y0, bw, bh], "area": bw * bh, "iscrowd": int(a.difficult),
                                 "segmentation": []})
     return {"info": {"description": "synthetic shapes"}, "licenses": [], "images": images,
             "annotations": annotations,
-            "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(SHAPE_CLASSES)]}
+            "categories": [{"id": category[k], "name": SHAPE_CLASSES[k], "supercategory": "shape"} for k in classes]}
 
 
 def split_ids(num: int, seed: int, val_frac: float, test_frac: float) -> Dict[str, List[int]]:
@@ -134,9 +136,10 @@ def _swap_into_place(tmp: str, out: str) -> None:
 
 
 def _write_images(tmp: str, num: int, seed: int, size_range: Tuple[Tuple[int, int], Tuple[int, int]],
-                  photos: Sequence[np.ndarray], progress: bool) -> List[Dict[str, Any]]:
+                  photos: Sequence[np.ndarray], progress: bool,
+                  classes: Sequence[int] = ALL_SHAPES) -> List[Dict[str, Any]]:
     """Render and write image ``i`` (its own generator seeded with ``(seed, i)``) and its XML; return the COCO
-    entries ``{'id', 'file_name', 'width', 'height', 'anns'}``."""
+    entries ``{'id', 'file_name', 'width', 'height', 'anns'}``. Objects are of the shapes ``classes``."""
     (wmin, wmax), (hmin, hmax) = size_range
     bank = make_noise_bank(seed)
     entries: List[Dict[str, Any]] = []
@@ -148,7 +151,7 @@ def _write_images(tmp: str, num: int, seed: int, size_range: Tuple[Tuple[int, in
                 rng = np.random.default_rng([int(seed), i])
                 width = int(rng.integers(wmin, wmax + 1))
                 height = int(rng.integers(hmin, hmax + 1))
-                img, anns = render_image(rng, width, height, bank, photos)
+                img, anns = render_image(rng, width, height, bank, photos, classes)
                 image_id = f"{i + 1:06d}"
                 fname = image_id + ".jpg"
                 quality = int(rng.integers(75, 96))
@@ -176,28 +179,29 @@ def _write_images(tmp: str, num: int, seed: int, size_range: Tuple[Tuple[int, in
 
 def _write_dataset(tmp: str, num: int, seed: int, size_range: Tuple[Tuple[int, int], Tuple[int, int]],
                    fracs: Tuple[float, float], splits: Dict[str, List[int]], photos: Sequence[np.ndarray],
-                   progress: bool) -> Dict[str, Any]:
+                   progress: bool, classes: Sequence[int] = ALL_SHAPES) -> Dict[str, Any]:
     """Fill the folder ``tmp``: images, XML, split files, COCO JSON, labels.txt and synthetic.json (the summary,
-    returned); ``fracs = (val_frac, test_frac)``."""
+    returned); ``fracs = (val_frac, test_frac)``; ``classes``: the shapes drawn (indices into SHAPE_CLASSES)."""
     for sub in ("JPEGImages", "Annotations", os.path.join("ImageSets", "Main"), "annotations"):
         os.makedirs(os.path.join(tmp, sub))
-    entries = _write_images(tmp, num, seed, size_range, photos, progress)
+    entries = _write_images(tmp, num, seed, size_range, photos, progress, classes)
     anns = [a for e in entries for a in e["anns"]]
-    per_class = [sum(a.label == k for a in anns) for k in range(len(SHAPE_CLASSES))]
+    names = [SHAPE_CLASSES[k] for k in classes]
+    per_class = [sum(a.label == k for a in anns) for k in classes]
     splits = dict(splits, trainval=sorted(splits["train"] + splits["val"]))
     for name, idx in splits.items():
         with open(os.path.join(tmp, "ImageSets", "Main", f"{name}.txt"), "w") as fh:
             fh.write("".join(f"{i + 1:06d}\n" for i in idx))
         with open(os.path.join(tmp, "annotations", f"instances_{name}.json"), "w") as fh:
-            json.dump(coco_dataset([entries[i] for i in idx]), fh, separators=(",", ":"))
+            json.dump(coco_dataset([entries[i] for i in idx], classes), fh, separators=(",", ":"))
     with open(os.path.join(tmp, "labels.txt"), "w") as fh:
-        fh.write("".join(n + "\n" for n in SHAPE_CLASSES))
+        fh.write("".join(n + "\n" for n in names))
     summary = {"generator": "data.synthetic", "num_images": num, "seed": int(seed), "val_frac": fracs[0],
                "test_frac": fracs[1], "size_range": [list(size_range[0]), list(size_range[1])],
                "backgrounds": len(photos),
-               "class_names": list(SHAPE_CLASSES), "num_objects": len(anns),
+               "class_names": names, "num_objects": len(anns),
                "num_difficult": sum(a.difficult for a in anns),
-               "objects_per_class": dict(zip(SHAPE_CLASSES, per_class)),
+               "objects_per_class": dict(zip(names, per_class)),
                "splits": {k: len(v) for k, v in splits.items()}}
     with open(os.path.join(tmp, "synthetic.json"), "w") as fh:
         json.dump(summary, fh, indent=1, sort_keys=True)
@@ -207,12 +211,15 @@ def _write_dataset(tmp: str, num: int, seed: int, size_range: Tuple[Tuple[int, i
 def generate_dataset(out: str, num: int, seed: int = 0, val_frac: float = DEFAULT_VAL_FRAC,
                      test_frac: float = DEFAULT_TEST_FRAC, backgrounds: Optional[str] = None,
                      size_range: Tuple[Tuple[int, int], Tuple[int, int]] = ((300, 480), (240, 400)),
-                     progress: bool = False) -> Dict[str, Any]:
+                     progress: bool = False, classes: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Write ``num`` images to ``out`` (see the module docstring); return a summary dict.
 
-    ``size_range = ((min_w, max_w), (min_h, max_h))``. The folder is built beside ``out`` and renamed into
-    place when complete; an existing ``out`` is replaced only if empty or an earlier synthetic dataset.
+    ``size_range = ((min_w, max_w), (min_h, max_h))``. ``classes``: the shapes to draw, by name (labels.txt lists
+    them in this order; default all five — the same bytes as before the option). The folder is built beside
+    ``out`` and renamed into place when complete; an existing ``out`` is replaced only if empty or an earlier
+    synthetic dataset.
     """
+    indices = shape_indices(classes)
     if num < 1:
         raise UserError(f"--num must be at least 1, got {num}", code=2)
     (wmin, wmax), (hmin, hmax) = size_range
@@ -223,7 +230,8 @@ def generate_dataset(out: str, num: int, seed: int = 0, val_frac: float = DEFAUL
     t0 = time.perf_counter()
     tmp = _prepare_out(out)
     try:
-        summary = _write_dataset(tmp, num, seed, size_range, (val_frac, test_frac), splits, photos, progress)
+        summary = _write_dataset(tmp, num, seed, size_range, (val_frac, test_frac), splits, photos, progress,
+                                 indices)
         _swap_into_place(tmp, out)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)

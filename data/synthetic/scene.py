@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from data.synthetic.backgrounds import draw_clutter, make_background, random_color
-from data.synthetic.shapes import SHAPE_CLASSES, ObjectAnnotation, Shape, render_shapes
+from data.synthetic.shapes import ALL_SHAPES, SHAPE_CLASSES, ObjectAnnotation, Shape, render_shapes
 
 
 def _contrasting_color(rng: np.random.Generator, bg: np.ndarray, x: float, y: float) -> Tuple[int, int, int]:
@@ -23,10 +23,12 @@ def _contrasting_color(rng: np.random.Generator, bg: np.ndarray, x: float, y: fl
 
 
 def random_shape(rng: np.random.Generator, bg: np.ndarray, size: float, label: Optional[int] = None,
-                 anywhere: bool = False, near: Optional[Shape] = None) -> Shape:
-    """A random object of longest side ``size`` px placed in ``bg`` (fully inside unless ``anywhere``)."""
+                 anywhere: bool = False, near: Optional[Shape] = None,
+                 classes: Sequence[int] = ALL_SHAPES) -> Shape:
+    """A random object of longest side ``size`` px placed in ``bg`` (fully inside unless ``anywhere``); its class
+    (an index into ``SHAPE_CLASSES``) is ``label``, else drawn uniformly from ``classes``."""
     h, w = bg.shape[:2]
-    label = int(rng.integers(len(SHAPE_CLASSES))) if label is None else label
+    label = int(classes[int(rng.integers(len(classes)))]) if label is None else label
     aspect = math.exp(rng.uniform(math.log(0.6), math.log(1.6)))
     sx, sy = (size, size * aspect) if aspect < 1 else (size / aspect, size)
     angle = float(rng.uniform(0, 360))
@@ -60,8 +62,10 @@ def _object_size(rng: np.random.Generator, max_size: float, allow_large: bool) -
 
 
 def render_image(rng: np.random.Generator, width: int, height: int, noise_bank: Optional[np.ndarray] = None,
-                 photos: Sequence[np.ndarray] = ()) -> Tuple[np.ndarray, List[ObjectAnnotation]]:
-    """One synthetic RGB uint8 image and its annotations."""
+                 photos: Sequence[np.ndarray] = (),
+                 classes: Sequence[int] = ALL_SHAPES) -> Tuple[np.ndarray, List[ObjectAnnotation]]:
+    """One synthetic RGB uint8 image and its annotations; objects are of the shapes ``classes`` (indices into
+    ``SHAPE_CLASSES``; all five give the same images as before the option existed)."""
     img = make_background(rng, width, height, noise_bank, photos)
     if rng.random() < 0.75:
         draw_clutter(img, rng, int(rng.integers(1, 13)), min(100.0, 0.3 * min(width, height)))
@@ -73,7 +77,7 @@ def render_image(rng: np.random.Generator, width: int, height: int, noise_bank: 
         size = _object_size(rng, max_size, allow_large=not large)
         large = large or size > 200
         near = shapes[int(rng.integers(len(shapes)))] if shapes and rng.random() < 0.15 else None
-        shapes.append(random_shape(rng, img, size, anywhere=rng.random() < 0.1, near=near))
+        shapes.append(random_shape(rng, img, size, anywhere=rng.random() < 0.1, near=near, classes=classes))
     fg = int(rng.integers(1, 4)) if rng.random() < 0.2 else 0
     anns = [a for a in render_shapes(img, shapes, rng, fg) if a is not None]
     if rng.random() < 0.25:

@@ -11,13 +11,32 @@ from typing import List, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from utils.errors import UserError
+
 SHAPE_CLASSES: Tuple[str, ...] = ("circle", "square", "triangle", "star", "ring")
+ALL_SHAPES: Tuple[int, ...] = tuple(range(len(SHAPE_CLASSES)))
 DIFFICULT_MIN_SIDE = 16      # px: a visible box side below this is difficult
 DIFFICULT_OCCLUSION = 0.6    # fraction of the object hidden by later objects above which it is difficult
 MIN_VISIBLE_PIXELS = 12      # below this an object is not annotated at all
 
 SHIFT = 3                    # sub-pixel bits for cv2.fillPoly
 ONE = float(1 << SHIFT)
+
+
+def shape_indices(names: Optional[Sequence[str]]) -> Tuple[int, ...]:
+    """Indices into :data:`SHAPE_CLASSES` of the chosen shapes, in the order given (``--classes``; names are
+    case-insensitive); None = all five. UserError (exit 2) for an unknown name, a repeated one or none."""
+    if names is None:
+        return ALL_SHAPES
+    wanted = [n.strip().lower() for n in names if n.strip()]
+    unknown = [n for n in wanted if n not in SHAPE_CLASSES]
+    if unknown or not wanted:
+        what = f"unknown shape {unknown[0]!r}" if unknown else "no shape given"
+        raise UserError(f"--classes: {what} — the shapes are {', '.join(SHAPE_CLASSES)}", code=2)
+    repeated = sorted({n for n in wanted if wanted.count(n) > 1})
+    if repeated:
+        raise UserError(f"--classes: {repeated[0]} is given twice — list each shape once", code=2)
+    return tuple(SHAPE_CLASSES.index(n) for n in wanted)
 
 
 def _normalise(pts: np.ndarray) -> np.ndarray:

@@ -13,13 +13,13 @@ import os
 import tempfile
 import wave
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from data.synthetic.backgrounds import add_noise, draw_clutter, make_background, make_noise_bank
 from data.synthetic.scene import random_shape
-from data.synthetic.shapes import SHAPE_CLASSES, Shape, render_shapes
+from data.synthetic.shapes import ALL_SHAPES, SHAPE_CLASSES, Shape, render_shapes, shape_indices
 from utils.errors import UserError
 from utils.io import atomic_write
 from utils.media.ffmpeg import VIDEO_EXTENSIONS
@@ -38,9 +38,9 @@ class _Track:
 
 
 def _spawn(rng: np.random.Generator, bg: np.ndarray, width: int, height: int, ident: int,
-           entering: bool) -> _Track:
+           entering: bool, classes: Sequence[int] = ALL_SHAPES) -> _Track:
     size = float(math.exp(rng.uniform(math.log(24), math.log(max(25.0, 0.5 * min(width, height))))))
-    sh = random_shape(rng, bg, size)
+    sh = random_shape(rng, bg, size, classes=classes)
     speed = float(rng.uniform(0.5, 4.0))
     if entering:  # start just outside one edge, heading inwards
         edge = int(rng.integers(4))
@@ -109,8 +109,8 @@ def _check_video_args(path: str, num_frames: int, fps: float, width: int, height
 
 
 def _render_frames(writer: VideoWriter, num_frames: int, fps: float, width: int, height: int, seed: int,
-                   max_objects: int) -> List[List[Dict[str, Any]]]:
-    """Render the frames into ``writer``; return each frame's ground truth."""
+                   max_objects: int, classes: Sequence[int] = ALL_SHAPES) -> List[List[Dict[str, Any]]]:
+    """Render the frames into ``writer``; return each frame's ground truth (``label``: index into ``classes``)."""
     rng = np.random.default_rng([int(seed), 0x7E0])
     bank = make_noise_bank(seed)
     pad = 64
@@ -118,7 +118,7 @@ def _render_frames(writer: VideoWriter, num_frames: int, fps: float, width: int,
     draw_clutter(bg, rng, int(rng.integers(3, 12)), min(100.0, 0.3 * min(width, height)))
     pan = rng.uniform(-0.3, 0.3, 2)
     origin = np.array([pad / 2, pad / 2])
-    tracks = [_spawn(rng, bg[:height, :width], width, height, i, entering=False)
+    tracks = [_spawn(rng, bg[:height, :width], width, height, i, entering=False, classes=classes)
               for i in range(int(rng.integers(2, min(4, max_objects) + 1)))]
     next_id = len(tracks)
     frames_gt: List[List[Dict[str, Any]]] = []
@@ -127,26 +127,30 @@ def _render_frames(writer: VideoWriter, num_frames: int, fps: float, width: int,
         frame = bg[o[1]:o[1] + height, o[0]:o[0] + width].copy()
         add_noise(frame, rng, bank, 0.15)
         anns = render_shapes(frame, [tr.shape for tr in tracks], rng)
-        frames_gt.append([{"box": list(a.box), "label": a.label, "name": a.name, "difficult": a.difficult,
+        frames_gt.append([{"box": list(a.box), "label": classes.index(a.label), "name": a.name,
+                           "difficult": a.difficult,
                            "track": tr.ident} for tr, a in zip(tracks, anns) if a is not None])
         writer.write(np.ascontiguousarray(frame))
         tracks = _move(tracks, width, height)
         if len(tracks) < max_objects and rng.random() < 1.5 / fps:
-            tracks.append(_spawn(rng, bg[:height, :width], width, height, next_id, entering=True))
+            tracks.append(_spawn(rng, bg[:height, :width], width, height, next_id, entering=True, classes=classes))
             next_id += 1
     return frames_gt
 
 
 def generate_video(path: str, num_frames: int = 150, fps: float = 30.0, width: int = 640, height: int = 360,
-                   seed: int = 0, audio: bool = False, max_objects: int = 6) -> Dict[str, Any]:
+                   seed: int = 0, audio: bool = False, max_objects: int = 6,
+                   classes: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     """Write a synthetic video to ``path`` (atomically) and its ground truth to ``path + '.json'``.
 
     Frames are RGB ``height x width``; H.264 in yuv420p for even sizes, yuv444p when a side is odd (4:2:0
     needs even sides). With ``audio`` an AAC sine tone of the video's length is muxed in. The JSON holds
     ``frames[t] = [{"box": [x0, y0, x1, y1], "label", "name", "difficult", "track"}, ...]`` with 0-based
-    inclusive pixel boxes (the datasets' ``pull_anno`` convention). Returns a summary dict.
+    inclusive pixel boxes (the datasets' ``pull_anno`` convention); ``classes``: the shapes drawn, by name (default
+    all five; ``label`` indexes ``class_names``). Returns a summary dict.
     """
     _check_video_args(path, num_frames, fps, width, height)
+    indices = shape_indices(classes)
     gt_path = path + ".json"
     wav = None
     try:
@@ -157,13 +161,13 @@ def generate_video(path: str, num_frames: int = 150, fps: float = 30.0, width: i
             _tone_wav(wav, num_frames / fps)
         with VideoWriter(path, width, height, fps, crf=20, audio_from=wav, audio_codec="aac",
                          reproducible=True) as writer:
-            frames_gt = _render_frames(writer, num_frames, fps, width, height, seed, max_objects)
+            frames_gt = _render_frames(writer, num_frames, fps, width, height, seed, max_objects, indices)
     finally:
         if wav is not None and os.path.exists(wav):
             os.remove(wav)
     summary = {"video": os.path.basename(path), "width": width, "height": height, "fps": float(fps),
                "num_frames": num_frames, "seed": int(seed), "audio": bool(audio),
-               "pix_fmt": video_pix_fmt(width, height), "class_names": list(SHAPE_CLASSES),
+               "pix_fmt": video_pix_fmt(width, height), "class_names": [SHAPE_CLASSES[k] for k in indices],
                "box_format": "x0, y0, x1, y1 in 0-based inclusive pixels", "frames": frames_gt}
     with atomic_write(gt_path) as tmp_json:
         with open(tmp_json, "w") as fh:

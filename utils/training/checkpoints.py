@@ -61,7 +61,10 @@ def write_checkpoint(ckpt: Mapping[str, Any], path: str, pointer: Optional[str] 
     hook: :class:`utils.training.hooks.TestHooks`) sleeps before the rename to widen the kill window.
     """
     with atomic_write(path, suffix=".tmp") as tmp:
-        torch.save(dict(ckpt), tmp)
+        # through a Python file object: a full disk or quota then raises OSError(ENOSPC/EDQUOT) (chained to
+        # torch's RuntimeError), and atomic_write names this checkpoint and the cause in one line
+        with open(tmp, "wb") as fh:
+            torch.save(dict(ckpt), fh)
         if delay > 0:
             time.sleep(delay)
     if pointer is not None:

@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from tqdm import tqdm
 
-from utils.io import atomic_write
+from utils.io import atomic_write, reporting_no_space
 
 # columns of ssd{size}_{dataset}_log.csv
 CSV_FIELDS = ("iteration", "loss", "loss_l", "loss_c", "lr", "images_per_s", "skipped", "elapsed_s")
@@ -33,7 +33,8 @@ class TrainLog:
     """CSV log (always) plus TensorBoard events (when ``tensorboard`` is installed).
 
     ``resume_at``: rows with an iteration beyond it (written by a run that went further before being killed)
-    are dropped, so the file reads as one continuous run.
+    are dropped, so the file reads as one continuous run. A full disk while appending a row is the one-line
+    ``no space left on device while writing <the CSV>`` error (exit status 1); closing after it stays quiet.
     """
 
     def __init__(self, csv_path: str, fields: Sequence[str], tensorboard_dir: Optional[str] = None,
@@ -49,21 +50,36 @@ class TrainLog:
                 writer.writerows(rows)
         self._fh = open(csv_path, "a", newline="", encoding="utf-8")
         self._writer = csv.DictWriter(self._fh, self.fields, extrasaction="ignore")
+        self._failed = False  # a write failed (full disk): the error was raised once; close() does not repeat it
+        self.tb_dir = tensorboard_dir
         self.tb = _summary_writer(tensorboard_dir, resume_at) if tensorboard_dir is not None else None
 
     def log(self, row: Mapping[str, Any], tb_prefix: str = "train") -> None:
-        self._writer.writerow({k: _fmt(v) for k, v in row.items()})
-        self._fh.flush()
+        try:
+            with reporting_no_space(self.path):
+                self._writer.writerow({k: _fmt(v) for k, v in row.items()})
+                self._fh.flush()
+        except Exception:
+            self._failed = True
+            raise
         if self.tb is not None:
             step = int(row["iteration"])
-            for k, v in row.items():
-                if k != "iteration" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self.tb.add_scalar(f"{tb_prefix}/{k}", v, step)
+            with reporting_no_space(self.tb_dir):
+                for k, v in row.items():
+                    if k != "iteration" and isinstance(v, (int, float)) and not isinstance(v, bool):
+                        self.tb.add_scalar(f"{tb_prefix}/{k}", v, step)
 
     def close(self) -> None:
-        self._fh.close()
-        if self.tb is not None:
-            self.tb.close()
+        try:
+            with reporting_no_space(self.path):
+                self._fh.close()
+        except Exception:
+            if not self._failed:  # (after a failed write, closing retries the same flush: already reported)
+                raise
+        finally:
+            if self.tb is not None:
+                with reporting_no_space(self.tb_dir):
+                    self.tb.close()
 
 
 def _rows_up_to(csv_path: str, resume_at: int) -> List[Dict[str, str]]:

@@ -5,6 +5,7 @@ then the dataset config fills ``max_iter`` / ``lr_steps``). train.py declares th
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
@@ -28,7 +29,7 @@ DEFAULTS: Dict[str, Any] = {
     "grad_clip": 0.0, "augment": "ssd", "amp": False, "channels_last": "auto", "seed": 0, "log_every": 10,
     "save_every": 5000, "eval_every": 0, "eval_split": None, "eval_metric": "voc07", "eval_batch_size": 16,
     "time_budget": None, "max_nonfinite": 5, "threads": None, "sync_bn": False, "preset": None,
-    "tensorboard": True, "freeze": "auto", "background_prior": 0.0, "prior_scales": "auto",
+    "tensorboard": True, "freeze": "auto", "background_prior": 0.0, "prior_scales": "auto", "pretrained": None,
 }
 
 # The small-compute setting for CPUs (docs/CPU_DEMO.md has the measurements): a quarter-width VGG with BatchNorm and
@@ -47,8 +48,15 @@ RUN_SETTINGS: Tuple[str, ...] = (
     "dataset", "dataset_root", "train_split", "year", "keep_difficult", "size", "width", "batch_norm", "stem",
     "batch_size", "lr", "momentum", "weight_decay", "gamma", "max_iter", "lr_steps", "warmup", "warmup_factor",
     "lr_schedule", "optimizer", "grad_clip", "augment", "amp", "channels_last", "seed", "preset", "freeze",
-    "background_prior", "prior_scales",
+    "background_prior", "prior_scales", "pretrained",
 )
+
+# Settings that are the architecture: a fine-tuning run (--pretrained) takes them from the pretrained file
+ARCHITECTURE: Tuple[str, ...] = ("size", "width", "batch_norm", "stem", "prior_scales")
+
+# ModelConfig's post-processing conventions (issue 17): a fine-tuning run keeps the pretrained file's, a resumed
+# run the checkpoint's; otherwise ssd.pytorch's (ModelConfig's defaults)
+CONVENTIONS: Tuple[str, ...] = ("prior_clip", "clip_before_nms", "nms_candidates", "max_per_image")
 
 _DEFAULT_ROOTS = {"VOC": os.path.join("~", "data", "VOCdevkit"), "COCO": os.path.join("~", "data", "coco")}
 
@@ -74,8 +82,50 @@ def prior_config_name(s: Any) -> str:
 
 
 def model_config(s: argparse.Namespace, num_classes: int) -> ModelConfig:
-    """The architecture these settings train (``num_classes`` with background, from the dataset)."""
-    return ModelConfig(s.size, num_classes, s.width, s.batch_norm, s.stem, prior_config_name(s))
+    """The architecture these settings train (``num_classes`` with background, from the dataset), with the
+    post-processing conventions of ``s.conventions`` (set by :func:`resolve_settings`; absent = ssd.pytorch's)."""
+    return ModelConfig(s.size, num_classes, s.width, s.batch_norm, s.stem, prior_config_name(s),
+                       **(getattr(s, "conventions", None) or {}))
+
+
+def architecture_of(config: ModelConfig) -> Dict[str, Any]:
+    """The :data:`ARCHITECTURE` settings that build ``config``'s network."""
+    return {"size": config.size, "width": config.width, "batch_norm": config.batch_norm, "stem": config.stem,
+            "prior_scales": config.prior_config.lower()}
+
+
+def _disagrees(key: str, given: Any, wanted: Any) -> bool:
+    if key == "width":
+        return not math.isclose(float(given), float(wanted), rel_tol=1e-3)
+    if key == "prior_scales":
+        return str(given).lower() not in ("auto", wanted)
+    return given != wanted
+
+
+def _as_flag(key: str, value: Any) -> str:
+    if key == "batch_norm":
+        return "--batch_norm" if value else "--no-batch_norm"
+    return f"--{key} {value}"
+
+
+def apply_pretrained(out: argparse.Namespace, explicit: Set[str], config: ModelConfig, name: str) -> None:
+    """A fine-tuning run's architecture and conventions are the pretrained file's (``config``); architecture flags
+    given explicitly must agree with it (one usage error naming every one that does not)."""
+    arch = architecture_of(config)
+    wrong = [_as_flag(k, getattr(out, k)) for k in ARCHITECTURE
+             if k in explicit and _disagrees(k, getattr(out, k), arch[k])]
+    if wrong:
+        raise UserError(f"--pretrained {name} is an SSD{config.size} of width {config.width:g}, "
+                        f"{'with' if config.batch_norm else 'without'} BatchNorm, {config.stem} stem, "
+                        f"{config.prior_config} default boxes; {' and '.join(wrong)} disagree — leave them out (a "
+                        "fine-tuning run keeps the pretrained model's architecture)", code=2)
+    if "basenet" in explicit and str(out.basenet).lower() != "none":
+        raise UserError(f"--basenet {out.basenet} and --pretrained {name} both give starting weights — give one",
+                        code=2)
+    for key, value in arch.items():
+        setattr(out, key, value)
+    out.basenet = "none"
+    out.conventions = {k: getattr(config, k) for k in CONVENTIONS}
 
 
 def cpu_bf16() -> bool:
@@ -105,8 +155,12 @@ def _chosen(key: str, default: Any, explicit: Set[str], ckpt_config: Optional[Ma
 
 
 def resolve_settings(ns: argparse.Namespace, explicit: Set[str], ckpt_config: Optional[Mapping[str, Any]],
-                     bf16_ok: bool, device_type: str = "cpu") -> argparse.Namespace:
+                     bf16_ok: bool, device_type: str = "cpu",
+                     pretrained: Optional[ModelConfig] = None) -> argparse.Namespace:
     """Fill every setting: explicit flag > the resumed checkpoint's config > --preset > built-in default.
+
+    ``pretrained`` (``--pretrained``'s architecture): the :data:`ARCHITECTURE` settings and the post-processing
+    conventions come from it (:func:`apply_pretrained`); a resumed run keeps its checkpoint's conventions.
 
     Then the dataset config fills ``max_iter`` (also for ``--max_iter auto`` until the trainer chooses it) and
     ``lr_steps``. ``auto`` values: the preset's ``amp`` is on where bf16 runs natively (``bf16_ok``);
@@ -121,6 +175,9 @@ def resolve_settings(ns: argparse.Namespace, explicit: Set[str], ckpt_config: Op
         if key not in explicit:
             setattr(out, key, _chosen(key, default, explicit, ckpt_config, preset, bf16_ok, device_type))
     out.preset = preset
+    out.conventions = {k: ckpt_config[k] for k in CONVENTIONS if k in ckpt_config} if ckpt_config else {}
+    if pretrained is not None:
+        apply_pretrained(out, explicit, pretrained, str(ns.pretrained))
     if isinstance(out.lr_steps, (list, tuple)) and out.lr_steps and isinstance(out.lr_steps[0], str):
         out.lr_steps = int_list(out.lr_steps)
     if out.dataset_root is None:

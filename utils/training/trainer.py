@@ -39,6 +39,7 @@ from utils.training.loss import build_criterion, multibox_loss_sums
 from utils.training.model_setup import apply_freeze, build_model, load_start_weights
 from utils.training.optim import build_optimizer
 from utils.training.periodic_eval import build_eval_dataset, eval_log_fields, evaluate
+from utils.training.pretrained import PretrainedSource
 from utils.training.resume import ResumeSource, restore_training_state
 from utils.training.rng import restore_rng_state, seed_everything
 from utils.training.sampler import EndlessBatchSampler, SeededDataset
@@ -48,9 +49,11 @@ from utils.training.settings import model_config, prior_config_name, run_config
 
 
 def train(s: argparse.Namespace, explicit: Set[str], device: torch.device, dist: DistInfo,
-          resume: Optional[ResumeSource], hooks: TestHooks = TestHooks()) -> int:
-    """Train with the resolved settings ``s`` (train.py's flags); returns the exit status (0)."""
-    return Trainer(s, explicit, device, dist, resume, hooks).run()
+          resume: Optional[ResumeSource], hooks: TestHooks = TestHooks(),
+          pretrained: Optional[PretrainedSource] = None) -> int:
+    """Train with the resolved settings ``s`` (train.py's flags); returns the exit status (0). ``pretrained``:
+    ``--pretrained``'s model to fine-tune (``s`` already has its architecture: :func:`resolve_settings`)."""
+    return Trainer(s, explicit, device, dist, resume, hooks, pretrained).run()
 
 
 @dataclass
@@ -66,13 +69,14 @@ class Trainer:
     """One training run; see the module docstring for its phases."""
 
     def __init__(self, s: argparse.Namespace, explicit: Set[str], device: torch.device, dist: DistInfo,
-                 resume: Optional[ResumeSource], hooks: TestHooks) -> None:
+                 resume: Optional[ResumeSource], hooks: TestHooks,
+                 pretrained: Optional[PretrainedSource] = None) -> None:
         self.s, self.device, self.dist, self.hooks = s, device, dist, hooks
         self.main = dist.is_main
         note_ignored_flags(s, device, dist)
         seed_everything(s.seed)
         self._setup_data()
-        self._setup_model(resume, explicit)
+        self._setup_model(resume, explicit, pretrained)
         self._setup_optimisation(resume)
         if resume is not None:
             resume.checkpoint = None  # do not keep a second copy of the weights alive while training
@@ -91,11 +95,12 @@ class Trainer:
         self.class_names: List[str] = list(self.dataset.class_names)
         self.eval_dataset = build_eval_dataset(s, build_dataset) if s.eval_every and self.main else None
 
-    def _setup_model(self, resume: Optional[ResumeSource], explicit: Set[str]) -> None:
+    def _setup_model(self, resume: Optional[ResumeSource], explicit: Set[str],
+                     pretrained: Optional[PretrainedSource]) -> None:
         s, device = self.s, self.device
         config = model_config(s, len(self.class_names) + 1)
         self.model = build_model(config, s.background_prior)
-        start = load_start_weights(self.model, config, resume, self.class_names, s, explicit, self.main)
+        start = load_start_weights(self.model, config, resume, self.class_names, s, explicit, self.main, pretrained)
         self.start_iter = start.iteration
         apply_freeze(self.model, s, start.pretrained, self.main)
         self.model.to(device)
