@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import train
-from train_helpers import TINY, make_tiny_dataset, read_log, run_train
+from train_helpers import make_tiny_dataset, tiny, train_then_resume
 from utils.errors import UserError
 from utils.loading.checkpoint import load_model, read_checkpoint, save_checkpoint
 from utils.loading.config import ModelConfig
@@ -49,8 +49,6 @@ def offline_cache(tmp_path, monkeypatch):
     return folder
 
 
-def tiny(data_root, folder, *extra):
-    return TINY + ["--dataset_root", data_root, "--save_folder", str(folder)] + [str(e) for e in extra]
 
 
 def _rows(tensor, num_classes):
@@ -154,18 +152,9 @@ def test_pretrained_run_says_what_was_transferred_freezes_and_records_the_source
 def test_fine_tuning_run_resumes_exactly(data_root, tmp_path, pretrained):
     args = ["--pretrained", pretrained, "--max_iter", 6, "--save_every", 3, "--augment", "flip", "--warmup", 2,
             "--lr_steps", 5, "--grad_clip", 5, "--seed", 7, "--freeze", "conv1"]
-    logs = str(tmp_path / "logs")
-    straight = run_train(tiny(data_root, tmp_path / "a", *args), logs)
-    assert straight.process.exitcode == 0, straight.stderr
-    os.makedirs(tmp_path / "b")
-    shutil.copy(tmp_path / "a" / "ssd300_custom_3.pth", tmp_path / "b")
-    resumed = run_train(["--dataset", "custom", "--save_folder", str(tmp_path / "b"), "--resume", "latest",
-                         "--num_workers", "0", "--threads", "1", "--log_every", "1"], logs)
-    assert resumed.process.exitcode == 0, resumed.stderr
+    _, resumed, a, b = train_then_resume(data_root, tmp_path, args, str(tmp_path / "logs"))
     assert "at iteration 3" in resumed.stdout and "fine-tuning" not in resumed.stdout
     assert "frozen: VGG up to conv1_2" in resumed.stdout
-    a = read_log(str(tmp_path / "a" / "ssd300_custom_log.csv"))
-    b = read_log(str(tmp_path / "b" / "ssd300_custom_log.csv"))
     assert [r["iteration"] for r in b] == [4, 5, 6]
     assert [(r["loss"], r["lr"]) for r in a[3:]] == [(r["loss"], r["lr"]) for r in b]
     final_a = read_checkpoint(str(tmp_path / "a" / "ssd300_custom_final.pth"))

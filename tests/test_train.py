@@ -18,7 +18,8 @@ from torch import nn
 import eval as eval_cli
 import train
 from ssd import build_ssd
-from train_helpers import TINY, make_tiny_dataset, read_log, run_train, share_in_two_processes, start_train
+from train_helpers import (TINY, make_tiny_dataset, read_log, run_train, share_in_two_processes, start_train, tiny,
+                           train_then_resume)
 from utils import cli
 from utils.errors import UserError
 from utils.loading.checkpoint import CHECKPOINT_FORMAT, load_model, read_checkpoint
@@ -40,8 +41,6 @@ def data_root(tmp_path_factory):
     return make_tiny_dataset(str(tmp_path_factory.mktemp("tiny_data")), num=8)
 
 
-def tiny(data_root, folder, *extra):
-    return TINY + ["--dataset_root", data_root, "--save_folder", str(folder)] + [str(e) for e in extra]
 
 
 def weights(path):
@@ -368,18 +367,8 @@ def test_resume_continues_exactly(data_root, tmp_path):
     # SGD momentum, warm-up, a step decay crossed after the resume point, BN statistics, flip augmentation
     args = ["--max_iter", 6, "--save_every", 3, "--batch_norm", "--augment", "flip", "--warmup", 2,
             "--lr_steps", "5", "--grad_clip", 5, "--seed", 7]
-    logs = str(tmp_path / "logs")
-    straight = run_train(tiny(data_root, tmp_path / "a", *args), logs)
-    assert straight.process.exitcode == 0, straight.stderr
-    os.makedirs(tmp_path / "b")
-    shutil.copy(tmp_path / "a" / "ssd300_custom_3.pth", tmp_path / "b")
-    # resume names only the checkpoint: every run setting comes back from it
-    resumed = run_train(["--dataset", "custom", "--save_folder", str(tmp_path / "b"), "--resume", "latest",
-                         "--num_workers", "0", "--threads", "1", "--log_every", "1"], logs)
-    assert resumed.process.exitcode == 0, resumed.stderr
+    _, resumed, a, b = train_then_resume(data_root, tmp_path, args, str(tmp_path / "logs"))
     assert "resumed from" in resumed.stdout and "at iteration 3" in resumed.stdout
-    a = read_log(str(tmp_path / "a" / "ssd300_custom_log.csv"))
-    b = read_log(str(tmp_path / "b" / "ssd300_custom_log.csv"))
     assert [r["iteration"] for r in b] == [4, 5, 6]
     assert [(r["loss"], r["lr"]) for r in a[3:]] == [(r["loss"], r["lr"]) for r in b]
     assert b[1]["lr"] == pytest.approx(1e-3) and b[2]["lr"] == pytest.approx(1e-4)  # decayed after resuming

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import multiprocessing as mp
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -132,6 +133,27 @@ def run_train(argv: Sequence[str], logdir: str, env: Optional[Dict[str, str]] = 
     run = start_train(argv, logdir, env, tag)
     run.wait(timeout)
     return run
+
+
+def tiny(data_root: str, folder, *extra) -> List[str]:
+    """train.py flags of a tiny run on ``data_root`` writing to ``folder`` (``TINY`` + the given extras)."""
+    return TINY + ["--dataset_root", data_root, "--save_folder", str(folder)] + [str(e) for e in extra]
+
+
+def train_then_resume(data_root: str, folder, args: Sequence, logdir: str, at: int = 3):
+    """Run ``args`` uninterrupted in ``folder/a``, copy its iteration-``at`` checkpoint into ``folder/b`` and
+    continue it there with ``--resume latest`` alone (every run setting must come back from the checkpoint).
+    Returns ``(straight, resumed, log_a, log_b)``; both runs must have exited 0."""
+    a, b = os.path.join(str(folder), "a"), os.path.join(str(folder), "b")
+    straight = run_train(tiny(data_root, a, *args), logdir)
+    assert straight.process.exitcode == 0, straight.stderr
+    os.makedirs(b)
+    shutil.copy(os.path.join(a, f"ssd300_custom_{at}.pth"), b)
+    resumed = run_train(["--dataset", "custom", "--save_folder", b, "--resume", "latest", "--num_workers", "0",
+                         "--threads", "1", "--log_every", "1"], logdir)
+    assert resumed.process.exitcode == 0, resumed.stderr
+    return (straight, resumed, read_log(os.path.join(a, "ssd300_custom_log.csv")),
+            read_log(os.path.join(b, "ssd300_custom_log.csv")))
 
 
 def read_log(path: str) -> List[Dict[str, float]]:
