@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import os
 import sys
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
@@ -47,6 +48,11 @@ class _SignalStack(ctypes.Structure):
     _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
 
 
+@functools.lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None)  # opened once: keep_signal_stack runs around every inference call
+
+
 @contextlib.contextmanager
 def keep_signal_stack() -> Iterator[None]:
     """Run OpenVINO calls without letting them change this thread's alternate signal stack (Linux).
@@ -59,7 +65,7 @@ def keep_signal_stack() -> Iterator[None]:
     if not sys.platform.startswith("linux"):
         yield
         return
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = _libc()
     saved = _SignalStack()
     libc.sigaltstack(None, ctypes.byref(saved))
     try:
