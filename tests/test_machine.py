@@ -81,6 +81,23 @@ def test_cpu_backends_quick_mode_writes_json_naming_the_machine(tmp_path):
         assert all(r["e2e_img_s"] > 0 and r["network_img_s"] > 0 and 0 <= r["gap"] < 1 for r in row.values())
 
 
+def test_video_pace_quick_mode_compares_pipeline_and_model_on_the_same_frames(tmp_path):
+    """Smoke test of benchmarks/video_pace.py: it runs both paths over every frame and records the machine
+    (no timing asserted)."""
+    from benchmarks.video_pace import main
+
+    out = tmp_path / "pace.json"
+    assert main(["--quick", "--backend", "torch", "--precision", "fp32", "--frames", "10", "--size", "96x64",
+                 "--batch", "4", "--threads", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_model"] and report["settings"]["frames"] == 10
+    assert set(report["results"]) == {"default"}  # the one-stream comparison is OpenVINO's
+    r = report["results"]["default"]
+    assert r["model_only_fps"] > 0 and r["pipeline_fps"] > 0 and len(r["ratios"]) == 1
+    assert r["ratio"] == pytest.approx(r["pipeline_fps"] / r["model_only_fps"])
+    assert set(report["stages"]) == {"decode", "encode"}
+
+
 def test_benchmark_prints_and_stores_the_machine(tmp_path, capsys):
     """benchmarks/benchmark.py names its CPU (model, cores, threads, AMX / AVX-512 bf16 / VNNI / AVX2) in its
     output and JSON (no section is run: no timing)."""

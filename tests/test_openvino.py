@@ -107,6 +107,37 @@ def test_fixed_batch_graph_runs_any_batch_in_chunks(setup, tmp_path):
     assert rel_max(setup["raw"][1][:1], scores[2:]) <= TOLERANCE["fp32"]
 
 
+@pytest.mark.parametrize("batch, threads, streams, expected", [
+    (8, 2, None, (2, 4)),   # one stream per thread
+    (7, 2, None, (2, 4)),   # a smaller last batch reuses the full batch's shape (one zero image)
+    (1, 2, None, (1, 1)),   # batch 1: latency mode
+    (3, 16, None, (3, 1)),  # at most one stream per image
+    (8, 2, 1, (1, 8)),      # streams=1: the whole batch in one request
+    (8, 8, 4, (4, 2)),
+])
+def test_plan_streams_splits_a_batch_across_threads(batch, threads, streams, expected):
+    from utils.inference.openvino_runner import plan_streams
+    assert plan_streams(batch, threads, streams) == expected
+
+
+@pytest.mark.parametrize("kind", ["raw", "nms"])
+def test_a_batch_split_across_streams_gives_what_one_stream_gives(setup, kind):
+    """5 images on 2 streams (3 + 2, the second zero-padded) = the same 5 images in one request."""
+    from utils.inference.openvino_runner import OpenVinoRunner
+
+    images = torch.cat([setup["images"], setup["images"].flip(0), setup["images"][:1]])
+    split = OpenVinoRunner(setup["files"][kind], "fp32", threads=2)
+    whole = OpenVinoRunner(setup["files"][kind], "fp32", threads=2, streams=1)
+    got, ref = split.outputs(images), whole.outputs(images)
+    assert [t.shape for t in got] == [t.shape for t in ref] and got[0].shape[0] == 5
+    for g, r in zip(got, ref):
+        assert torch.allclose(g, r, rtol=1e-4, atol=1e-5)
+    # images are [a, b, b, a, a]: the second stream's images come back in their places
+    assert torch.allclose(got[0][2], got[0][1], rtol=1e-4, atol=1e-5)
+    assert torch.allclose(got[0][3], got[0][0], rtol=1e-4, atol=1e-5)
+    assert split.describe()["streams"] == 2 and whole.describe()["streams"] == 1
+
+
 def test_missing_openvino_is_a_one_line_user_error(setup, monkeypatch):
     from utils.inference.openvino_runner import OPENVINO_MISSING
 

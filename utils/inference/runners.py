@@ -73,6 +73,16 @@ def warn_slow_int8() -> None:
         warnings.warn(f"--precision int8: {why}", stacklevel=3)
 
 
+def join_batches(parts: Sequence[Tuple[torch.Tensor, ...]], n: int) -> Tuple[torch.Tensor, ...]:
+    """The graph's outputs for consecutive chunks of one batch → the outputs for the first ``n`` images.
+
+    Batch-dependent outputs (``loc``, ``scores`` or ``detections``) are concatenated and trimmed of padding;
+    ``priors`` (the third output of a raw export: no batch axis) is taken once."""
+    if len(parts) == 1 and parts[0][0].shape[0] == n:
+        return parts[0]
+    return tuple(torch.cat([p[i] for p in parts])[:n] if i != 2 else parts[0][i] for i in range(len(parts[0])))
+
+
 class ExportedRunner:
     """Common part of the runners: metadata, batching for fixed-batch files, raw outputs → detections.
 
@@ -140,9 +150,7 @@ class ExportedRunner:
             if pad:
                 chunk = torch.cat([chunk, chunk.new_zeros(pad, *chunk.shape[1:])])
             parts.append(self._run(chunk))
-        # batch-dependent outputs are concatenated and trimmed; priors (no batch axis) are taken once
-        return tuple(torch.cat([p[i] for p in parts])[:n] if i != 2 else parts[0][i]
-                     for i in range(len(parts[0])))
+        return join_batches(parts, n)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
