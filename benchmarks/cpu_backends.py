@@ -10,7 +10,8 @@ Per backend and batch it reports the end-to-end img/s, the network-only img/s (P
 exported graph's ``outputs`` — network + softmax — for ONNX Runtime / OpenVINO) and the gap between them
 (pre-processing + Detect + pixels, as a share of the end-to-end time), and the speed-up over torchvision fp32 at
 the same batch. Figures are medians of ``--reps`` timed runs after one warm-up; all in one process, one thread
-count. The JSON names the machine (:func:`benchmarks.machine.machine_info`): CPU model, cores, threads, AMX /
+count; network-only and end-to-end calls alternate, so a host whose speed drifts affects both alike. The JSON
+names the machine (:func:`benchmarks.machine.machine_info`): CPU model, cores, threads, AMX /
 AVX-512 bf16 / VNNI / AVX2.
 
 Without ``--weights`` the model is a seeded random SSD300 (21 classes; speed does not depend on the weights);
@@ -63,6 +64,18 @@ def timeit(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def timeit_alternating(fns: List[Callable[[], Any]], reps: int, warmup: int = 1) -> List[float]:
+    """Median seconds per call of each of ``fns``, called in turn ``reps`` times (after ``warmup`` rounds)."""
+    times: List[List[float]] = [[] for _ in fns]
+    for round_ in range(warmup + reps):
+        for fn, spent in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            if round_ >= warmup:
+                spent.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -128,8 +141,8 @@ def bench_predictor(pred: Predictor, frames: List[np.ndarray], batch: int, reps:
     else:
         def network():
             return pred.model.outputs(x)
-    t_net = timeit(network, reps)
-    t_e2e = timeit(lambda: pred.predict(imgs), reps)
+    # alternated, one call each per round: a host whose speed drifts during the measurement affects both alike
+    t_net, t_e2e = timeit_alternating([network, lambda: pred.predict(imgs)], reps)
     return {"e2e_img_s": batch / t_e2e, "network_img_s": batch / t_net, "gap": max(0.0, 1.0 - t_net / t_e2e)}
 
 

@@ -117,6 +117,25 @@ def test_server_down_gives_one_line_naming_url_file_and_folder_and_exit_1(torch_
     assert "by hand" in err
 
 
+def test_a_server_that_accepts_but_never_answers_is_abandoned_after_the_stall_timeout(torch_home, tiny_bytes,
+                                                                                      monkeypatch):
+    """torch.hub opens URLs without a timeout: a silent host must not hang the download forever."""
+    import time
+
+    entry = _entry(monkeypatch, tiny_bytes)
+    monkeypatch.setattr(hub, "STALL_TIMEOUT_S", 0.5)
+    with socket.socket() as listener:  # accepts connections (the kernel's backlog) and never sends a byte
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(4)
+        monkeypatch.setenv(hub.BASE_URL_ENV, f"http://127.0.0.1:{listener.getsockname()[1]}")
+        start = time.monotonic()
+        with pytest.raises(UserError, match="cannot download .*timed out.* by hand"):
+            hub.download(entry, progress=False)
+        assert time.monotonic() - start < 10
+    assert socket.getdefaulttimeout() is None  # the process-wide default is restored
+    assert list(torch_home.iterdir()) == []  # no partial file left in the cache
+
+
 def test_file_without_published_checksum_is_not_downloaded_unless_a_sha256_is_given(torch_home, tiny_bytes,
                                                                                      monkeypatch, capsys):
     entry = _entry(monkeypatch, tiny_bytes, sha256=None)

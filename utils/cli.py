@@ -11,6 +11,7 @@ import tempfile
 from typing import Any, Callable, NoReturn, Optional
 
 from utils.errors import UserError
+from utils.io import nearest_existing_folder
 
 
 class Parser(argparse.ArgumentParser):
@@ -108,17 +109,6 @@ def str2bool(v: Any) -> bool:
     if s in ("no", "false", "f", "n", "0"):
         return False
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false), got {v!r}")
-
-
-def nearest_existing_folder(folder: str) -> str:
-    """``folder`` itself, or its closest ancestor that exists (absolute path)."""
-    folder = os.path.abspath(folder)
-    while not os.path.exists(folder):
-        parent = os.path.dirname(folder)
-        if parent == folder:
-            break
-        folder = parent
-    return folder
 
 
 def check_writable_folder(folder: str, what: str, remedy: str = "choose another folder") -> None:

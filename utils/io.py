@@ -27,6 +27,17 @@ _TORCH_WRITE_FAILURES = ("inline_container", "pytorchstreamwriter", "file write 
 _NEARLY_FULL_BYTES = 1 << 20
 
 
+def nearest_existing_folder(folder: str) -> str:
+    """``folder`` itself, or its closest ancestor that exists (absolute path)."""
+    folder = os.path.abspath(folder)
+    while not os.path.exists(folder):
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return folder
+
+
 def free_bytes(folder: str) -> Optional[int]:
     """Bytes an unprivileged user can still write in ``folder``'s filesystem (None where statvfs is unavailable)."""
     try:

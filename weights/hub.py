@@ -7,7 +7,8 @@
   names) before the file is renamed into place: a mismatch leaves nothing in the cache.
 * Converted files are written atomically beside the download (``<file stem>.<converter>-v<N>.pth``); a second use
   finds them and makes no network request.
-* Offline / unreachable: one UserError line naming the URL, the file and the folder to put it in by hand.
+* Offline / unreachable / a server silent for :data:`STALL_TIMEOUT_S` seconds: one UserError line naming the URL,
+  the file and the folder to put it in by hand.
 * ``SSD_WEIGHTS_BASE_URL`` (or ``base_url=``) replaces every entry's publisher URL with one mirror holding the files
   under their published names.
 * Files without a published checksum (ssd.pytorch's) are only downloaded against a SHA-256 the caller supplies
@@ -16,11 +17,13 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
+import socket
 import urllib.error
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Iterator, Optional
 
 import torch
 
@@ -33,6 +36,20 @@ from weights.registry import Entry
 
 BASE_URL_ENV = "SSD_WEIGHTS_BASE_URL"
 CONVERTER_VERSION = 1
+# seconds without a byte from the server before a download is abandoned: torch.hub opens the URL without a
+# timeout, and a host that silently drops packets would otherwise hang until the OS gives up (minutes)
+STALL_TIMEOUT_S = 60.0
+
+
+@contextlib.contextmanager
+def socket_timeout(seconds: float) -> Iterator[None]:
+    """Sockets opened inside (by urllib, without a timeout of their own) give up after ``seconds`` of silence."""
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)
 
 
 def cache_dir() -> str:
@@ -61,7 +78,8 @@ def download(entry: Entry, base_url: Optional[str] = None, sha256: Optional[str]
                         f"(python -m weights fetch {entry.name} --sha256 HEX), or put the file in {folder}")
     os.makedirs(folder, exist_ok=True)
     try:
-        torch.hub.download_url_to_file(url, path, hash_prefix=expected, progress=progress)
+        with socket_timeout(STALL_TIMEOUT_S):
+            torch.hub.download_url_to_file(url, path, hash_prefix=expected, progress=progress)
     except RuntimeError as exc:
         if "invalid hash value" not in str(exc):
             raise

@@ -42,7 +42,7 @@ class Entry:
         trained_on: the training data.
         accuracy: the accuracy its publisher reports, and where it was measured.
         converter: None, or one of the ``CONVERT_*`` names.
-        size: the file size as text: torchvision's published ``_file_size`` (MB), or for ssd.pytorch's files
+        size: the file size as text: torchvision's published ``_file_size`` (MiB), or for ssd.pytorch's files
             the float32 size of their parameter count (``≈``, the S3 listing is not in the references).
         source: who publishes it (for the table).
     """
@@ -80,7 +80,7 @@ class Entry:
 REGISTRY: Tuple[Entry, ...] = (
     Entry("ssd300-coco", "detector", "ssd300_vgg16_coco-b556d3b4.pth", TORCHVISION_BASE_URL, None, "b556d3b4",
           "COCO (80)", "RGB", "COCO train2017", "25.1 box AP, COCO val2017 (torchvision)",
-          CONVERT_TORCHVISION_SSD, "136.0 MB", "torchvision SSD300_VGG16_Weights.COCO_V1"),
+          CONVERT_TORCHVISION_SSD, "136.0 MiB", "torchvision SSD300_VGG16_Weights.COCO_V1"),
     Entry("ssd300-voc", "detector", "ssd300_mAP_77.43_v2.pth", SSD_PYTORCH_BASE_URL, None, None,
           "VOC (20)", "RGB", "VOC2007+2012 trainval", "77.43 % mAP, VOC2007 test (ssd.pytorch README)",
           None, "≈105 MB", "ssd.pytorch (amdegroot)"),
@@ -93,7 +93,7 @@ REGISTRY: Tuple[Entry, ...] = (
           None, "≈82 MB", "ssd.pytorch (amdegroot)"),
     Entry("vgg16-imagenet", "basenet", "vgg16-397923af.pth", TORCHVISION_BASE_URL, None, "397923af",
           "-", "RGB", "ImageNet-1k", "71.592 % top-1, ImageNet val (torchvision VGG16_Weights.IMAGENET1K_V1)",
-          CONVERT_VGG_FOLD, "527.8 MB", "torchvision VGG16_Weights.IMAGENET1K_V1, via weights.convert_vgg"),
+          CONVERT_VGG_FOLD, "527.8 MiB", "torchvision VGG16_Weights.IMAGENET1K_V1, via weights.convert_vgg"),
 )
 
 _BY_NAME: Dict[str, Entry] = {e.name: e for e in REGISTRY}

@@ -18,6 +18,7 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 from tqdm import tqdm
 
+from utils.io import nearest_existing_folder
 from utils.media.draw import draw_detections
 from utils.media.images import iter_images, write_image
 from utils.media.pipeline import run_pipeline
@@ -144,15 +145,6 @@ def _cut_short(source: VideoReader, frames: int, fps: float) -> bool:
     return by_count or by_time
 
 
-def _nearest_existing_folder(folder: str) -> str:
-    """``folder`` or its closest existing ancestor: the staging folder goes there, so that a failed run creates
-    no output folder."""
-    folder = os.path.abspath(folder)
-    while not os.path.exists(folder) and os.path.dirname(folder) != folder:
-        folder = os.path.dirname(folder)
-    return folder
-
-
 def detect_images(predictor: Any, inputs: Sequence[str], outputs: Sequence[str], *, threshold: float = 0.6,
                   batch_size: int = 8, json_path: Optional[str] = None, progress: bool = True,
                   only: Optional[Sequence[int]] = None) -> Summary:
@@ -165,7 +157,7 @@ def detect_images(predictor: Any, inputs: Sequence[str], outputs: Sequence[str],
         raise ValueError("inputs and outputs must be non-empty and of equal length")
     out_dir = os.path.dirname(os.path.abspath(outputs[0]))
     start = time.perf_counter()
-    staging = tempfile.mkdtemp(prefix=".detect.", dir=_nearest_existing_folder(out_dir))
+    staging = tempfile.mkdtemp(prefix=".detect.", dir=nearest_existing_folder(out_dir))
     try:
         with contextlib.ExitStack() as stack:
             log = stack.enter_context(DetectionLog(json_path, {"input": os.path.dirname(inputs[0]) or ".",
