@@ -207,3 +207,23 @@ def test_registry_lists_every_required_model_with_its_checksum_policy(capsys):
     assert coco.checksum == "b556d3b4" and registry.get("vgg16-imagenet").checksum == "397923af"
     assert registry.get("ssd300-voc").checksum is None and "none published" in out
     assert registry.get("ssd300-voc-caffe").input_order == "BGR"
+
+
+@pytest.mark.parametrize("module, argv, needle", [
+    ("weights.__main__", ["fetch", "no-such-model"], "invalid choice: 'no-such-model'"),
+    ("weights.__main__", [], "required: command"),
+    ("weights.convert", ["model.pth"], "required: --classes, -o/--output"),
+    ("weights.convert_vgg", [], "required: src"),
+    ("weights.convert_torchvision", ["x.pth"], "required: -o/--output"),
+])
+def test_weights_clis_word_usage_errors_in_one_line_with_exit_2(module, argv, needle, capsys):
+    import importlib
+
+    from utils.errors import run_cli
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(importlib.import_module(module).main, argv)
+    assert exc.value.code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    command = "weights" if module == "weights.__main__" else module
+    assert len(lines) == 1 and needle in lines[0] and f"(see python -m {command} --help)" in lines[0], lines

@@ -2,16 +2,18 @@
 time and prints the path of the file ready to load."""
 from __future__ import annotations
 
-import argparse
+import functools
 from typing import Optional, Sequence
 
+from utils.cli import Parser
 from utils.errors import run_cli
 from weights import hub, registry
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m weights", description="Pretrained SSD models by name.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser("-m weights", description="Pretrained SSD models by name.")
+    # sub-commands word their usage errors the same way (one line)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(Parser, "-m weights"))
     sub.add_parser("list", help="print the registry (name, classes, source, accuracy, size, checksum, URL)")
     fetch = sub.add_parser("fetch", help="download, verify and convert a model into torch.hub's cache; print its path")
     fetch.add_argument("name", choices=registry.names(), metavar="NAME", help="one of: " + ", ".join(registry.names()))

@@ -13,13 +13,13 @@ checkpoint format and keeps the source's prior set and recorded post-processing 
 """
 from __future__ import annotations
 
-import argparse
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
 from data.coco import COCO_CLASSES
 from data.voc0712 import VOC_CLASSES
+from utils.cli import Parser
 from utils.errors import UserError, run_cli
 from utils.labels import read_class_names
 from utils.loading.checkpoint import save_checkpoint
@@ -47,8 +47,8 @@ def convert_classes(path: str, target_names: Sequence[str], seed: int = 0) -> Tu
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m weights.convert",
+    parser = Parser(
+        "-m weights.convert",
         description="Move a trained SSD onto another class set without training: shared layers and the rows of "
                     "matching classes (VOC/COCO synonyms included) are copied, new classes start from scratch.")
     parser.add_argument("model", help="trained SSD: a file or a registry name (python -m weights list)")

@@ -31,7 +31,7 @@ from utils.errors import UserError
 from utils.loading.checkpoint import read_checkpoint, save_checkpoint, split_checkpoint
 from utils.loading.names import default_class_names
 from utils.loading.config import ModelConfig
-from weights import convert_torchvision, convert_vgg, registry
+from weights import registry, torchvision_ssd, vgg_base
 from weights.registry import Entry
 
 BASE_URL_ENV = "SSD_WEIGHTS_BASE_URL"
@@ -113,11 +113,11 @@ def converted_path(entry: Entry) -> str:
 
 
 def _convert_torchvision(src: str, dst: str) -> None:
-    convert_torchvision.convert_file(src, dst)
+    torchvision_ssd.convert_file(src, dst)
 
 
 def _convert_vgg(src: str, dst: str) -> None:
-    convert_vgg.convert_file(src, dst, fold_input_norm=True)
+    vgg_base.convert_file(src, dst, fold_input_norm=True)
 
 
 def _bgr_to_rgb(src: str, dst: str) -> None:
