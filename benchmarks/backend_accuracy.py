@@ -11,18 +11,16 @@ Combinations this CPU cannot run are recorded with the reason. Prints one table 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
-from benchmarks.machine import machine_info, machine_summary
+from benchmarks.machine import machine_info, machine_summary, write_report
 from data import build_dataset
 from utils.deploy.export import export_onnx
 from utils.deploy.quantize import export_int8
 from utils.errors import UserError
 from utils.inference import open_predictor
-from utils.io import atomic_write
 from utils.loading.checkpoint import load_model
 from utils.metrics.evaluation import evaluate_model
 
@@ -84,9 +82,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         files = export_files(args.weights, args.data, args.calib_images, folder)
         rows = evaluate_all(files, args.data, args.set, args.batch_size)
     if args.json:
-        with atomic_write(args.json) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            json.dump({"machine": machine_info(), "weights": args.weights, "data": args.data, "set": args.set,
-                       "calib_images": args.calib_images, "results": rows}, fh, indent=2)
+        write_report(args.json, {"machine": machine_info(), "weights": args.weights, "data": args.data,
+                                 "set": args.set, "calib_images": args.calib_images, "results": rows})
     return 0
 
 

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.machine import machine_info, machine_summary  # noqa: E402
+from benchmarks.machine import machine_info, machine_summary, write_report  # noqa: E402
 from benchmarks.timing import make_frames  # noqa: E402
 from data.synthetic import generate_dataset  # noqa: E402
 from utils.cpu import precision_problem  # noqa: E402
@@ -44,7 +44,6 @@ from utils.deploy.quantize import quantize_onnx  # noqa: E402
 from utils.device import autocast  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.inference import Predictor, open_predictor  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
 from utils.loading.checkpoint import load_model, save_checkpoint  # noqa: E402
 from utils.loading.config import ModelConfig  # noqa: E402
 
@@ -250,9 +249,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               "torchvision compare models of different sizes)", flush=True)
     report = run(args)
     if args.json:
-        with atomic_write(args.json, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
     return 0
 
 

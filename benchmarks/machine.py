@@ -17,6 +17,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.cpu import FEATURES, cpu_features, cpu_model, precision_support  # noqa: E402
+from utils.io import atomic_write  # noqa: E402
+
+
+def write_report(path: str, report: Dict[str, Any]) -> None:
+    """A benchmark's JSON report (which names its machine), written atomically; says where."""
+    with atomic_write(path, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+    print(f"wrote {path}")
 
 
 def _physical_cores() -> Optional[int]:

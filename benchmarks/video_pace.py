@@ -22,7 +22,6 @@ model, 24 frames, one rep — a smoke test, not a measurement.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -36,12 +35,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.cpu_backends import open_backend, prepare_files  # noqa: E402
-from benchmarks.machine import machine_info, machine_summary  # noqa: E402
+from benchmarks.machine import machine_info, machine_summary, write_report  # noqa: E402
 from data.synthetic import generate_video  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.inference import Predictor  # noqa: E402
 from utils.inference.openvino_runner import OpenVinoRunner  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
 from utils.media.detect import detect_video  # noqa: E402
 from utils.media.video_reader import VideoReader  # noqa: E402
 from utils.media.video_writer import VideoWriter  # noqa: E402
@@ -179,9 +177,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         args.frames = 24 if args.frames == DEFAULT_FRAMES else args.frames
     report = run(args)
     if args.json:
-        with atomic_write(args.json, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
-        print(f"wrote {args.json}")
+        write_report(args.json, report)
     return 0
 
 
