@@ -105,6 +105,11 @@ def test_fixed_batch_graph_runs_any_batch_in_chunks(setup, tmp_path):
     loc, scores, _ = _runner(path, "fp32").outputs(images)
     assert loc.shape[0] == 3
     assert rel_max(setup["raw"][1][:1], scores[2:]) <= TOLERANCE["fp32"]
+    # with threads to spare, a fixed-batch graph is still run at its own batch (never split across streams)
+    from utils.inference.openvino_runner import OpenVinoRunner
+    runner = OpenVinoRunner(path, "fp32", threads=2)
+    loc2, scores2, _ = runner.outputs(images)
+    assert torch.allclose(scores2, scores, rtol=1e-4, atol=1e-6) and runner.describe()["streams"] == 1
 
 
 @pytest.mark.parametrize("batch, threads, streams, expected", [

@@ -26,7 +26,7 @@ layer of the whole batch (measured on 2 cores, int8, batch 8: the same speed as 
 machine, 12–17 % faster beside a running encoder). The graph is reshaped to a static batch of ``ceil(B / S)`` and
 compiled once per shape (the CPU plugin runs static shapes faster than dynamic ones; a last, smaller batch is
 zero-padded to the shape compiled for the full one); files with a fixed batch are run in chunks of it by
-:class:`ExportedRunner`.
+:class:`ExportedRunner`, one stream each (their reshapes may hold that batch).
 ``openvino`` is optional: imported only here, its absence is a :class:`~utils.errors.UserError`.
 """
 from __future__ import annotations
@@ -153,6 +153,9 @@ class OpenVinoRunner(ExportedRunner):
         props = read_metadata(self.model)
         meta = parse_metadata(props, path)
         super().__init__(meta, path, top_k, conf_thresh, nms_thresh)
+        if self.batch is not None:
+            # a graph exported with a fixed batch may hold that batch in its reshapes: run it only at its own batch
+            self.max_streams = 1
         kind = file_precision(props)
         self.precision = precision or kind
         with keep_signal_stack():
