@@ -111,3 +111,21 @@ def test_benchmark_prints_and_stores_the_machine(tmp_path, capsys):
     assert {k: report["machine"][k] for k in info} == info
     assert report["machine"]["device"] == "cpu" and report["machine_summary"].startswith(info["cpu_model"])
     assert f"machine: {report['machine_summary']}" in capsys.readouterr().out
+
+
+def test_backend_accuracy_writes_one_row_per_backend_and_precision(make_checkpoint, tiny_dataset, tmp_path):
+    """Smoke test of benchmarks/backend_accuracy.py on a tiny model: every combination is evaluated or skipped with
+    its reason, fp32 on every runtime agrees, and the JSON names the machine."""
+    pytest.importorskip("onnxruntime")
+    from benchmarks.backend_accuracy import COMBINATIONS, main
+
+    out = tmp_path / "acc.json"
+    assert main(["--weights", make_checkpoint(), "--data", str(tiny_dataset), "--calib_images", "2",
+                 "--batch_size", "4", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["machine"]["cpu_model"]
+    rows = {(r["backend"], r["precision"]): r for r in report["results"]}
+    assert set(rows) == set(COMBINATIONS)
+    assert all("mAP" in r or r["skipped"] for r in rows.values())
+    fp32 = [r["mAP"] for (_, precision), r in rows.items() if precision == "fp32" and "mAP" in r]
+    assert len(fp32) >= 2 and max(fp32) - min(fp32) < 1e-3
