@@ -211,6 +211,7 @@ def test_registry_lists_every_required_model_with_its_checksum_policy(capsys):
 
 @pytest.mark.parametrize("module, argv, needle", [
     ("weights.__main__", ["fetch", "no-such-model"], "invalid choice: 'no-such-model'"),
+    ("weights.__main__", ["list", "--bogus"], "unrecognized arguments: --bogus"),
     ("weights.__main__", [], "required: command"),
     ("weights.convert", ["model.pth"], "required: --classes, -o/--output"),
     ("weights.convert_vgg", [], "required: src"),
@@ -225,5 +226,5 @@ def test_weights_clis_word_usage_errors_in_one_line_with_exit_2(module, argv, ne
         run_cli(importlib.import_module(module).main, argv)
     assert exc.value.code == 2
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    command = "weights" if module == "weights.__main__" else module
+    command = module if module != "weights.__main__" else "weights" if argv[:1] != ["fetch"] else "weights fetch"
     assert len(lines) == 1 and needle in lines[0] and f"(see python -m {command} --help)" in lines[0], lines

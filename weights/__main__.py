@@ -2,18 +2,22 @@
 time and prints the path of the file ready to load."""
 from __future__ import annotations
 
-import functools
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 from utils.cli import Parser
 from utils.errors import run_cli
 from weights import hub, registry
 
 
+def _sub_parser(**kwargs: Any) -> Parser:
+    """argparse makes each sub-command's parser with ``prog="python -m weights fetch"``: keep that as its command."""
+    return Parser(kwargs["prog"].removeprefix("python "), **kwargs)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = Parser("-m weights", description="Pretrained SSD models by name.")
-    # sub-commands word their usage errors the same way (one line)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=functools.partial(Parser, "-m weights"))
+    # sub-commands word their usage errors the same way (one line), pointing at their own --help
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_sub_parser)
     sub.add_parser("list", help="print the registry (name, classes, source, accuracy, size, checksum, URL)")
     fetch = sub.add_parser("fetch", help="download, verify and convert a model into torch.hub's cache; print its path")
     fetch.add_argument("name", choices=registry.names(), metavar="NAME", help="one of: " + ", ".join(registry.names()))
