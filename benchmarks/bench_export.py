@@ -14,7 +14,6 @@ class sends its full 200 candidates to NMS (4000 boxes per image). A trained mod
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -25,6 +24,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.machine import write_report  # noqa: E402
 from benchmarks.timing import make_frames, timeit  # noqa: E402
 from ssd import build_ssd  # noqa: E402
 from utils.deploy.export import export_onnx  # noqa: E402
@@ -32,7 +32,6 @@ from utils.errors import run_cli  # noqa: E402
 from utils.inference import Predictor  # noqa: E402
 from utils.inference.opener import exported_predictor  # noqa: E402
 from utils.inference.runners import OnnxRunner  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
 
 CPU = torch.device("cpu")
 
@@ -119,10 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                            threads=args.threads)
     print_table(result, batches)
     if args.json:
-        with atomic_write(args.json) as tmp:
-            with open(tmp, "w") as fh:
-                json.dump(result, fh, indent=2)
-        print(f"wrote {args.json}")
+        write_report(args.json, result)
     return 0
 
 

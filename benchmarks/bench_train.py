@@ -21,7 +21,6 @@ The baseline's targets are checked against the batched matcher's before timing (
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -36,11 +35,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from layers.matching import match_targets  # noqa: E402  (project imports after the path set-up)
+from benchmarks.machine import write_report  # noqa: E402  (project imports after the path set-up)
+from layers.matching import match_targets  # noqa: E402
 from layers.multibox_loss import MultiBoxLoss  # noqa: E402
 from ssd import build_ssd  # noqa: E402
 from utils.device import amp_dtype, autocast, resolve_device  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
 from utils.training.loss import multibox_loss_sums  # noqa: E402
 from utils.training.optim import freeze_vgg  # noqa: E402
 
@@ -259,10 +258,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("speed-up vs ssd.pytorch's step: " + ", ".join(
             f"{c} {r['speedup_vs_baseline']:.2f}x" for c, r in results.items() if c != "baseline"))
     if args.json:
-        with atomic_write(args.json, suffix=".json") as tmp:
-            with open(tmp, "w") as fh:
-                json.dump({"args": vars(args), "device": str(device), "torch": torch.__version__,
-                           "threads": torch.get_num_threads(), "results": results}, fh, indent=2)
+        write_report(args.json, {"args": vars(args), "device": str(device), "torch": torch.__version__,
+                                 "threads": torch.get_num_threads(), "results": results})
     return 0
 
 

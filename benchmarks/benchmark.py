@@ -22,14 +22,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_export import run_benchmark as run_onnx  # noqa: E402
 from benchmarks.bench_train import check_baseline_matches, random_targets, time_config  # noqa: E402
-from benchmarks.machine import machine_info, machine_summary  # noqa: E402
+from benchmarks.machine import machine_info, machine_summary, write_report  # noqa: E402
 from benchmarks.timing import make_frames, timeit  # noqa: E402,F401  (re-exported for older callers)
 from data.synthetic import generate_video  # noqa: E402
 from ssd import build_ssd  # noqa: E402
 from utils.device import amp_dtype, resolve_device  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 from utils.inference import Predictor, open_predictor  # noqa: E402
-from utils.io import atomic_write  # noqa: E402
 from utils.media.detect import detect_video  # noqa: E402
 from utils.media.video_reader import VideoReader  # noqa: E402
 
@@ -232,10 +231,8 @@ def main(argv=None) -> int:
         result["onnx"] = optional_section("onnx", lambda: run_onnx(batches=batches, reps=reps))
         print("onnx:", json.dumps(result["onnx"], indent=None, default=str))
     if args.json:
-        with atomic_write(args.json) as tmp:
-            with open(tmp, "w") as fh:
-                json.dump(result, fh, indent=2, default=str)
-        print(f"\nwrote {args.json}")
+        print()
+        write_report(args.json, result)
     return 0
 
 if __name__ == "__main__":

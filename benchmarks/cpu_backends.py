@@ -24,11 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -36,7 +34,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.machine import machine_info, machine_summary, write_report  # noqa: E402
-from benchmarks.timing import make_frames  # noqa: E402
+from benchmarks.timing import make_frames, timeit, timeit_alternating  # noqa: E402
 from data.synthetic import generate_dataset  # noqa: E402
 from utils.cpu import precision_problem  # noqa: E402
 from utils.deploy.export import export_onnx  # noqa: E402
@@ -51,30 +49,6 @@ DEFAULT_BATCHES = "1,8"
 BACKENDS = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-int8", "ov-fp32", "ov-bf16", "ov-int8")
 # issue 19's targets, end to end vs torchvision fp32 (informational: printed and stored, never asserted)
 TARGETS = {"fp32_best": 1.4, "amx": {"int8": 10.0, "bf16": 5.0}, "avx512_vnni": {"int8": 3.0}}
-
-
-def timeit(fn: Callable[[], Any], reps: int, warmup: int = 1) -> float:
-    """Median seconds of ``reps`` calls after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def timeit_alternating(fns: List[Callable[[], Any]], reps: int, warmup: int = 1) -> List[float]:
-    """Median seconds per call of each of ``fns``, called in turn ``reps`` times (after ``warmup`` rounds)."""
-    times: List[List[float]] = [[] for _ in fns]
-    for round_ in range(warmup + reps):
-        for fn, spent in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            if round_ >= warmup:
-                spent.append(time.perf_counter() - t0)
-    return [statistics.median(t) for t in times]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -157,7 +131,7 @@ def bench_torchvision(frames: List[np.ndarray], batch: int, reps: int) -> Dict[s
         with torch.inference_mode():
             return model([torch.from_numpy(f).permute(2, 0, 1).float().div_(255) for f in imgs])
 
-    return {"e2e_img_s": batch / timeit(run, reps)}
+    return {"e2e_img_s": batch / timeit(run, torch.device("cpu"), reps)}
 
 
 def target_check(results: Dict[str, Any], batches: List[int], isa: Dict[str, bool]) -> Dict[str, Any]:

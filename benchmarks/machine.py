@@ -21,9 +21,9 @@ from utils.io import atomic_write  # noqa: E402
 
 
 def write_report(path: str, report: Dict[str, Any]) -> None:
-    """A benchmark's JSON report (which names its machine), written atomically; says where."""
+    """A benchmark's JSON report, written atomically (values JSON lacks, e.g. devices, as text); says where."""
     with atomic_write(path, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2)
+        json.dump(report, fh, indent=2, default=str)
     print(f"wrote {path}")
 
 

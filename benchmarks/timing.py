@@ -30,6 +30,19 @@ def timeit(fn: Callable[[], Any], device: torch.device, reps: int, warmup: int =
     return statistics.median(times)
 
 
+def timeit_alternating(fns: List[Callable[[], Any]], reps: int, warmup: int = 1) -> List[float]:
+    """Median seconds per call of each of ``fns`` (CPU), called in turn ``reps`` times after ``warmup`` rounds, so
+    that a host whose speed drifts during the measurement affects all of them alike."""
+    times: List[List[float]] = [[] for _ in fns]
+    for round_ in range(warmup + reps):
+        for fn, spent in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            if round_ >= warmup:
+                spent.append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
 def make_frames(n: int, seed: int = 0) -> List[np.ndarray]:
     """VOC-sized uint8 RGB frames (500x375) with some structure (smooth colour blobs, not noise)."""
     rng = np.random.default_rng(seed)

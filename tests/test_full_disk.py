@@ -19,6 +19,7 @@ import torch
 
 import utils.io
 import utils.loading.checkpoint as checkpoint
+from tests.disk_helpers import small_disk
 from utils.errors import NoSpaceError, UserError, says_no_space
 from utils.io import atomic_write, current_umask, reporting_no_space
 from utils.loading.checkpoint import read_checkpoint, save_checkpoint
@@ -32,18 +33,8 @@ TORCH_FULL_DISK = "[enforce fail at inline_container.cc:672] . unexpected pos 57
 @pytest.fixture()
 def small_fs(tmp_path):
     """A 1 MiB tmpfs mounted on a fresh folder (root only); unmounted afterwards."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root; the injected-ENOSPC tests cover the same code")
-    folder = tmp_path / "small_fs"
-    folder.mkdir()
-    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,mode=0777", "tmpfs", str(folder)],
-                         capture_output=True, text=True)
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or res.returncode}); injected ENOSPC covers it")
-    try:
+    with small_disk(tmp_path / "small_fs", "1m", "; the injected-ENOSPC tests cover the same code") as folder:
         yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], capture_output=True)
 
 
 def _big_state():

@@ -7,12 +7,12 @@ import contextlib
 import io
 import json
 import os
-import subprocess
 
 import numpy as np
 import pytest
 
 import object_detection as od
+from tests.disk_helpers import small_disk
 from tests.video_helpers import NoDetections, audio_codec, audio_end, count_frames, ffmpeg, make_clip
 from utils.errors import UserError, run_cli
 from utils.media.detect import detect_video
@@ -99,21 +99,6 @@ def test_output_audio_codec_is_one_the_container_defines(tmp_path, sound_sources
 
 # --------------------------------------------------------------------------------------------
 # 18.4 a full disk while writing the video
-
-@contextlib.contextmanager
-def small_disk(folder, size):
-    """A tmpfs of ``size`` mounted on ``folder`` (root only; skipped otherwise)."""
-    folder.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
-    if proc.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.decode().strip()})")
-    try:
-        yield folder
-    finally:
-        subprocess.run(["umount", "-l", str(folder)], check=False)
-
 
 def _cli(args):
     err = io.StringIO()

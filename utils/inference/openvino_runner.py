@@ -45,7 +45,7 @@ import torch
 from utils.cpu import precision_problem
 from utils.errors import UserError
 from utils.inference.runners import (ExportedRunner, check_file_precision, file_precision, join_batches,
-                                     warn_slow_int8)
+                                     pad_batch, warn_slow_int8)
 from utils.loading.exported import parse_metadata
 
 OPENVINO_MISSING = "openvino is not installed: pip install openvino (needed for --backend openvino)"
@@ -142,7 +142,6 @@ class OpenVinoRunner(ExportedRunner):
             raise ValueError(f"streams must be at least 1, got {streams}")
         # OpenVINO's default thread count is the physical cores, as is PyTorch's: count streams against it
         self.threads = int(threads) if threads is not None else torch.get_num_threads()
-        self.max_streams = streams
         try:
             with keep_signal_stack():
                 self.core = ov.Core()
@@ -153,9 +152,8 @@ class OpenVinoRunner(ExportedRunner):
         props = read_metadata(self.model)
         meta = parse_metadata(props, path)
         super().__init__(meta, path, top_k, conf_thresh, nms_thresh)
-        if self.batch is not None:
-            # a graph exported with a fixed batch may hold that batch in its reshapes: run it only at its own batch
-            self.max_streams = 1
+        # a graph exported with a fixed batch may hold that batch in its reshapes: run it only at its own batch
+        self.max_streams = 1 if self.batch is not None else streams
         kind = file_precision(props)
         self.precision = precision or kind
         with keep_signal_stack():
@@ -196,10 +194,8 @@ class OpenVinoRunner(ExportedRunner):
     def _run(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         n = int(x.shape[0])
         per_stream, requests = self._requests(n)
-        padded = per_stream * len(requests)
-        if padded > n:  # a last, smaller batch: zero images fill the shape compiled for the full one
-            x = torch.cat([x, x.new_zeros(padded - n, *x.shape[1:])])
-        inputs = x.numpy()
+        # a last, smaller batch: zero images fill the shape compiled for the full one
+        inputs = pad_batch(x, per_stream * len(requests)).numpy()
         with keep_signal_stack():
             for i, request in enumerate(requests):  # x outlives the requests: shared, not copied
                 request.start_async({0: inputs[i * per_stream:(i + 1) * per_stream]}, share_inputs=True)

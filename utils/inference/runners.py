@@ -73,6 +73,13 @@ def warn_slow_int8() -> None:
         warnings.warn(f"--precision int8: {why}", stacklevel=3)
 
 
+def pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x [n, ...]`` with zero images appended up to ``size`` (a graph compiled for ``size`` images runs a smaller,
+    last batch this way; :func:`join_batches` trims the extra outputs)."""
+    pad = size - x.shape[0]
+    return torch.cat([x, x.new_zeros(pad, *x.shape[1:])]) if pad > 0 else x
+
+
 def join_batches(parts: Sequence[Tuple[torch.Tensor, ...]], n: int) -> Tuple[torch.Tensor, ...]:
     """The graph's outputs for consecutive chunks of one batch → the outputs for the first ``n`` images.
 
@@ -145,11 +152,7 @@ class ExportedRunner:
             return self._run(x)
         n, parts = x.shape[0], []
         for start in range(0, n, self.batch):
-            chunk = x[start:start + self.batch]
-            pad = self.batch - chunk.shape[0]
-            if pad:
-                chunk = torch.cat([chunk, chunk.new_zeros(pad, *chunk.shape[1:])])
-            parts.append(self._run(chunk))
+            parts.append(self._run(pad_batch(x[start:start + self.batch], self.batch)))
         return join_batches(parts, n)
 
     @torch.no_grad()
