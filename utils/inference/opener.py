@@ -29,7 +29,7 @@ from utils.errors import UserError
 from utils.inference.openvino_runner import OpenVinoRunner
 from utils.inference.predictor import Predictor
 from utils.inference.runners import (INT8_EXPORT_HINT, ExportedRunner, OnnxRunner, TorchScriptRunner,
-                                     check_file_precision, check_precision_name, default_providers,
+                                     check_file_precision, check_precision_name, check_threads, default_providers,
                                      session_options, warn_slow_int8)
 from utils.loading.checkpoint import load_model
 from utils.loading.exported import is_torchscript
@@ -108,8 +108,7 @@ def open_predictor(path: str, backend: str = "auto", *, device: torch.device = t
         score_threshold: detections at or below it are dropped when converted to pixels.
     """
     check_precision_flags(precision, amp)
-    if threads is not None and threads < 1:
-        raise UserError(f"--threads must be at least 1, got {threads}", code=2)
+    check_threads(threads)
     kind = model_kind(path, backend)
     if kind == "checkpoint":
         return _checkpoint_predictor(path, device, _torch_amp(precision, amp, device), compile, class_names,

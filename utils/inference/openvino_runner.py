@@ -44,8 +44,8 @@ import torch
 
 from utils.cpu import precision_problem
 from utils.errors import UserError
-from utils.inference.runners import (ExportedRunner, check_file_precision, file_precision, join_batches,
-                                     pad_batch, warn_slow_int8)
+from utils.inference.runners import (ExportedRunner, check_file_precision, check_threads, file_precision,
+                                     join_batches, pad_batch, warn_slow_int8)
 from utils.loading.exported import parse_metadata
 
 OPENVINO_MISSING = "openvino is not installed: pip install openvino (needed for --backend openvino)"
@@ -136,8 +136,7 @@ class OpenVinoRunner(ExportedRunner):
         if not os.path.isfile(path):
             raise UserError(f"model not found: {path} — check the path or export one with "
                             "`python -m utils.export MODEL --format onnx -o FILE`")
-        if threads is not None and threads < 1:
-            raise UserError(f"--threads must be at least 1, got {threads}", code=2)
+        check_threads(threads)
         if streams is not None and streams < 1:
             raise ValueError(f"streams must be at least 1, got {streams}")
         # OpenVINO's default thread count is the physical cores, as is PyTorch's: count streams against it

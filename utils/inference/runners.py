@@ -73,6 +73,12 @@ def warn_slow_int8() -> None:
         warnings.warn(f"--precision int8: {why}", stacklevel=3)
 
 
+def check_threads(threads: Optional[int]) -> None:
+    """UserError (usage, code 2) unless ``threads`` is None (the runtime's default) or at least 1."""
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}", code=2)
+
+
 def pad_batch(x: torch.Tensor, size: int) -> torch.Tensor:
     """``x [n, ...]`` with zero images appended up to ``size`` (a graph compiled for ``size`` images runs a smaller,
     last batch this way; :func:`join_batches` trims the extra outputs)."""
@@ -230,10 +236,9 @@ def load_exported(path: str, fmt: Optional[str] = None, **kwargs: Any) -> Export
 def session_options(threads: Optional[int] = None) -> Any:
     """``onnxruntime.SessionOptions`` running on ``threads`` intra-op threads (None: ONNX Runtime's defaults,
     returned as None)."""
+    check_threads(threads)
     if threads is None:
         return None
-    if threads < 1:
-        raise UserError(f"--threads must be at least 1, got {threads}", code=2)
     options = _import_onnxruntime().SessionOptions()
     options.intra_op_num_threads = int(threads)
     return options
