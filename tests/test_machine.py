@@ -129,3 +129,21 @@ def test_backend_accuracy_writes_one_row_per_backend_and_precision(make_checkpoi
     assert all("mAP" in r or r["skipped"] for r in rows.values())
     fp32 = [r["mAP"] for (_, precision), r in rows.items() if precision == "fp32" and "mAP" in r]
     assert len(fp32) >= 2 and max(fp32) - min(fp32) < 1e-3
+
+
+def test_isa_cap_in_the_environment_hides_what_the_cap_excludes():
+    zen4 = cpu_flags(ZEN4)
+    as_zen3 = cpu_features(zen4, environ={"ONEDNN_MAX_CPU_ISA": "AVX2"})
+    assert precision_support(as_zen3) == {"fp32": "avx2", "bf16": "emulated", "int8": "emulated"}
+    assert precision_support(cpu_features(zen4, environ={"ONEDNN_MAX_CPU_ISA": "avx512_core_vnni"})) == {
+        "fp32": "avx512", "bf16": "emulated", "int8": "avx512"}
+    assert precision_support(cpu_features(zen4, environ={"ATEN_CPU_CAPABILITY": "avx2"}))["fp32"] == "avx2"
+    assert cpu_features(zen4, environ={"ONEDNN_MAX_CPU_ISA": "nonsense"}) == cpu_features(zen4, environ={})
+
+
+def test_isa_cap_names_the_variables_set():
+    from utils.cpu import isa_cap
+
+    assert isa_cap({}) is None
+    assert isa_cap({"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2"}) == (
+        "ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2")

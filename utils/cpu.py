@@ -16,14 +16,34 @@ feature reads as absent and the caller says "unknown"):
 :func:`precision_support` turns these into one verdict per precision, and :func:`precision_problem` into the
 one-line message a CLI prints when a precision would not run natively here (e.g. OpenVINO silently runs fp32 when
 asked for bf16 on a CPU without bf16 instructions).
+
+A smaller CPU can be reproduced on a bigger one with oneDNN's ``ONEDNN_MAX_CPU_ISA`` (PyTorch's convolutions and
+bf16 check, OpenVINO's CPU plugin) and PyTorch's ``ATEN_CPU_CAPABILITY`` (ATen's vectorised kernels).
+:func:`cpu_features` honours both caps (:func:`isa_cap`): with ``ONEDNN_MAX_CPU_ISA=AVX2`` a Zen 4 reads as a
+Zen 3, so tests and the quickstart decide as they would there. ONNX Runtime's kernels (MLAS) read CPUID and
+ignore both variables: :func:`hardware_features` is what the silicon has, whatever the caps.
 """
 from __future__ import annotations
 
 import os
 import platform
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, List, Optional, Tuple
 
 FEATURES = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512f", "avx2")
+
+# What each ``ONEDNN_MAX_CPU_ISA`` value leaves of FEATURES (oneDNN's ISA names; DEFAULT / ALL: no cap).
+_ONEDNN_CAPS = {
+    "SSE41": (), "AVX": (),
+    "AVX2": ("avx2",),
+    "AVX2_VNNI": ("avx2", "avx_vnni"), "AVX2_VNNI_2": ("avx2", "avx_vnni"),
+    "AVX512_CORE": ("avx2", "avx512f"),
+    "AVX512_CORE_VNNI": ("avx2", "avx512f", "avx512_vnni"),
+    "AVX512_CORE_BF16": ("avx2", "avx512f", "avx512_vnni", "avx512_bf16"),
+    "AVX10_1_512": ("avx2", "avx512f", "avx512_vnni", "avx512_bf16"),
+    "AVX512_CORE_FP16": ("avx2", "avx512f", "avx512_vnni", "avx512_bf16"),
+}
+# What each ``ATEN_CPU_CAPABILITY`` value leaves (PyTorch's dispatch levels; avx512 and above: no cap).
+_ATEN_CAPS = {"default": (), "avx2": ("avx2", "avx_vnni")}
 PRECISIONS = ("fp32", "bf16", "int8")
 CPUINFO = "/proc/cpuinfo"
 
@@ -56,10 +76,38 @@ def cpu_model(cpuinfo: Optional[str] = None) -> str:
     return platform.processor() or "unknown"
 
 
-def cpu_features(flags: Optional[Iterable[str]] = None) -> Dict[str, bool]:
-    """``{feature: present}`` for :data:`FEATURES` (``flags`` default: this machine's)."""
+def _caps(environ: Optional[Dict[str, str]]) -> List[Tuple[str, frozenset]]:
+    """``[(VAR=value, features it leaves), ...]`` for each ISA cap set in the environment (unknown values are
+    ignored, as oneDNN and PyTorch ignore them)."""
+    env = os.environ if environ is None else environ
+    caps = []
+    for var, table, norm in (("ONEDNN_MAX_CPU_ISA", _ONEDNN_CAPS, str.upper), ("DNNL_MAX_CPU_ISA", _ONEDNN_CAPS,
+                             str.upper), ("ATEN_CPU_CAPABILITY", _ATEN_CAPS, str.lower)):
+        value = env.get(var, "").strip()
+        if norm(value) in table:
+            caps.append((f"{var}={value}", frozenset(table[norm(value)])))
+    return caps
+
+
+def isa_cap(environ: Optional[Dict[str, str]] = None) -> Optional[str]:
+    """The ISA caps set in the environment, as written (``'ONEDNN_MAX_CPU_ISA=AVX2'``), or None when none is."""
+    return " ".join(name for name, _ in _caps(environ)) or None
+
+
+def hardware_features(flags: Optional[Iterable[str]] = None) -> Dict[str, bool]:
+    """``{feature: present}`` for :data:`FEATURES` as the CPU reports them, ignoring any ISA cap."""
     have = cpu_flags() if flags is None else frozenset(flags)
     return {name: name in have for name in FEATURES}
+
+
+def cpu_features(flags: Optional[Iterable[str]] = None,
+                 environ: Optional[Dict[str, str]] = None) -> Dict[str, bool]:
+    """``{feature: usable}`` for :data:`FEATURES`: what the CPU has (``flags`` default: this machine's), less what
+    an ISA cap in the environment (:func:`isa_cap`; ``environ`` default: ``os.environ``) takes away."""
+    have = hardware_features(flags)
+    for _, allowed in _caps(environ):
+        have = {name: present and name in allowed for name, present in have.items()}
+    return have
 
 
 def precision_support(features: Optional[Dict[str, bool]] = None) -> Dict[str, str]:
@@ -99,4 +147,5 @@ def summary(features: Optional[Dict[str, bool]] = None) -> str:
     """One line: ``'AMD EPYC, 2 threads: avx512_bf16 avx512_vnni avx512f avx2'``."""
     f = cpu_features() if features is None else features
     have = " ".join(name for name in FEATURES if f.get(name)) or "no listed features"
-    return f"{cpu_model()}, {os.cpu_count() or '?'} logical CPUs: {have}"
+    cap = isa_cap() if features is None else None
+    return f"{cpu_model()}, {os.cpu_count() or '?'} logical CPUs: {have}" + (f" (capped by {cap})" if cap else "")
